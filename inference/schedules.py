@@ -1,0 +1,57 @@
+"""Step schedules for annealed hyper-parameters (beta_g, rho, beta_b, z_pres temperature, ...).
+
+A schedule is a callable ``step -> float``. All schedules here are piecewise linear, which is
+what both papers use (GNM supplement section 3; SPEC.md "Schedules").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Union
+
+Schedule = Callable[[int], float]
+ScheduleLike = Union[float, int, Schedule]
+
+
+@dataclass(frozen=True)
+class Constant:
+    """``value`` at every step."""
+
+    value: float
+
+    def __call__(self, step: int) -> float:
+        return float(self.value)
+
+
+@dataclass(frozen=True)
+class Linear:
+    """``start`` until ``begin``, linear to ``end`` at step ``finish``, then ``end``.
+
+    >>> Linear(0.0, 1.0, 0, 100)(50)
+    0.5
+    """
+
+    start: float
+    end: float
+    begin: int
+    finish: int
+
+    def __post_init__(self):
+        if self.finish < self.begin:
+            raise ValueError(f"Linear schedule ends (step {self.finish}) before it begins (step {self.begin})")
+
+    def __call__(self, step: int) -> float:
+        if step <= self.begin:
+            return float(self.start)
+        if step >= self.finish:
+            return float(self.end)
+        frac = (step - self.begin) / (self.finish - self.begin)
+        return float(self.start + frac * (self.end - self.start))
+
+
+def as_schedule(value: ScheduleLike) -> Schedule:
+    """A number becomes a :class:`Constant`; a callable is returned unchanged."""
+    if callable(value):
+        return value
+    if isinstance(value, (int, float)):
+        return Constant(float(value))
+    raise TypeError(f"expected a number or a callable step -> float, got {type(value).__name__}")
