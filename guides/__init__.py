@@ -1,0 +1,12 @@
+"""Amortised guides for the models in :mod:`pyro_scenes`: ``from guides import ECONGuide, GNMGuide``."""
+import importlib
+
+_GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm"}
+
+__all__ = sorted(_GUIDES)
+
+
+def __getattr__(name):
+    if name in _GUIDES:
+        return getattr(importlib.import_module(_GUIDES[name]), name)
+    raise AttributeError(f"module 'guides' has no attribute {name!r}")
