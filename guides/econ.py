@@ -1,0 +1,121 @@
+"""Amortised posterior of ECON, section 4.2 and 5.
+
+    q(r, z | x, k) = prod_t q(r_t | x, s_t, k_t) q(z_t | x, r_t, k_t)
+
+Inference runs from the front layer t = T down to 1. At each step every expert attends
+(region r~ = s_t * sigmoid(a_k(x, s_t)), eq. 9), encodes its region (q(z_t | x, r~, k)) and
+decodes its own sample z~ = mu + sigma * eps. These K proposals are scored with the competition
+terms of section 5.2 and attached to the site ``k_t``; the site's own distribution is the
+stochastic competition ``q(k_t) = softmax(-(lambda L^_x,t(k) + L^_r,t(k)))``. During training
+the :class:`inference.handlers.Competition` messenger replaces it by a point mass at the winner
+so only the winner's terms enter the loss. The last step (t = 1) takes the remaining scope as
+region for every expert (footnote 7). The scope update is eq. (14) with the attention output
+alpha: ``s_{t-1} = s_t * (1 - alpha) = s_t - r~_t``, so the regions partition the image.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from pyro_scenes.distributions import PresampledNormal, RegionMean, bernoulli_kl
+from pyro_scenes.econ import ECON
+from pyro_scenes.nn.expert_nets import ExpertAttention, ExpertEncoder
+
+
+def take_expert(a: torch.Tensor, k: torch.Tensor, event_dim: int) -> torch.Tensor:
+    """Pick expert ``k`` from ``a`` of shape ``(..., B, K, *event)``; ``k`` is ``(..., B)`` (broadcast)."""
+    K_dim = a.dim() - event_dim - 1
+    event = a.shape[K_dim + 1 :]
+    batch = torch.broadcast_shapes(a.shape[:K_dim], k.shape)
+    a = a.expand(*batch, a.shape[K_dim], *event)
+    index = k.expand(batch).reshape(*batch, 1, *([1] * event_dim)).expand(*batch, 1, *event)
+    return a.gather(len(batch), index).squeeze(len(batch))
+
+
+class ECONGuide(nn.Module):
+    """q(r_{1:T}, z_{1:T}, k_{1:T} | x) for an :class:`~pyro_scenes.ECON` model.
+
+    ``guide = ECONGuide(model)``; the guide owns the attention nets (psi) and encoders (phi) of
+    the K experts and uses the model's decoders (theta) to score the competition.
+
+    :param attention_filters: U-Net filters (paper: 32, giving 4-32-64-64-64).
+    :param attention_blocks: U-Net down/up blocks (paper: 4).
+    :param encoder_features: encoder channels (C.2.1).
+    :param encoder_layers: encoder conv blocks (C.2.1); each halves the resolution.
+    :param competition_lambda: lambda of the competition objective used by the site's own
+        (unhandled) distribution; the training handler carries its own.
+    """
+
+    def __init__(
+        self,
+        model: ECON,
+        attention_filters: int = 32,
+        attention_blocks: int = 4,
+        encoder_features: int = 32,
+        encoder_layers: int = 4,
+        competition_lambda: float = 1.0,
+    ):
+        super().__init__()
+        if not isinstance(model, ECON):
+            raise TypeError(f"ECONGuide needs an ECON model, got {type(model).__name__}")
+        self._model = [model]  # a plain list: the model's parameters stay the model's
+        K, C, S = model.num_experts, model.channels, model.image_size
+        self.attention = ExpertAttention(K, C + 1, S, attention_filters, attention_blocks)
+        self.encoder = ExpertEncoder(K, C + 1, S, model.latent_dim, encoder_features, encoder_layers)
+        self.competition_lambda = float(competition_lambda)
+        self.config = dict(attention_filters=attention_filters, attention_blocks=attention_blocks, encoder_features=encoder_features,
+                           encoder_layers=encoder_layers, competition_lambda=self.competition_lambda)
+
+    @property
+    def model(self) -> ECON:
+        return self._model[0]
+
+    def propose(self, x: torch.Tensor, scope: torch.Tensor, last: bool) -> Dict[str, torch.Tensor]:
+        """Every expert's explanation of the scope: attention, encoding, decoding, competition terms.
+
+        ``x`` (B,C,H,W), ``scope`` (..., B, 1, H, W) -> tensors of shape (..., B, K, ...).
+        """
+        model = self.model
+        K, H = model.num_experts, model.image_size
+        lead = scope.shape[:-3]
+        xs = x.expand(*lead, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
+        s = scope.reshape(-1, 1, H, H)
+        if last:  # footnote 7: the remaining scope is every expert's region
+            regions = s.unsqueeze(1).expand(-1, K, 1, H, H)
+        else:
+            regions = s.unsqueeze(1) * torch.sigmoid(self.attention(xs, s))
+        loc, log_var = self.encoder(xs, regions)
+        scale = torch.exp(0.5 * log_var)
+        noise = torch.randn_like(loc)
+        z = loc + scale * noise
+        mu, shape = model.decoder(z)
+        sq = (xs.unsqueeze(1) - mu) ** 2
+        L_x = (regions * sq).sum((-3, -2, -1)) / (2 * model.sigma_x ** 2)  # eq. (10)
+        L_r = bernoulli_kl(regions, s.unsqueeze(1) * shape).sum((-3, -2, -1))  # eq. (12)
+        out = dict(regions=regions, loc=loc, scale=scale, noise=noise, mu=mu, shape=shape, L_x=L_x, L_r=L_r)
+        return {name: v.reshape(*lead, K, *v.shape[2:]) for name, v in out.items()}
+
+    def forward(self, x: torch.Tensor, batch_size: Optional[int] = None, num_layers: Optional[int] = None) -> torch.Tensor:
+        model = self.model
+        if x is None:
+            raise ValueError("ECONGuide infers from images: pass x")
+        model.check_images(x)
+        T = model.num_layers if num_layers is None else int(num_layers)
+        pyro.module("econ_guide", self)
+        B, H = x.shape[0], model.image_size
+        with pyro.plate("batch", B, dim=-1):
+            scope = x.new_ones(B, 1, H, H)
+            for t in range(T, 0, -1):
+                p = self.propose(x, scope, last=(t == 1))
+                terms = {"L_x": p["L_x"].detach(), "L_r": p["L_r"].detach()}
+                logits = -(self.competition_lambda * terms["L_x"] + terms["L_r"])
+                k = pyro.sample(f"k_{t}", dist.Categorical(logits=logits), infer={"competition": terms})
+                loc, scale, noise = (take_expert(p[n], k, 1) for n in ("loc", "scale", "noise"))
+                pyro.sample(f"z_{t}", PresampledNormal(loc, scale, noise).to_event(1))
+                r = pyro.sample(f"r_{t}", RegionMean(take_expert(p["regions"], k, 3)).to_event(3))
+                scope = scope - r
+        return scope

@@ -1,0 +1,88 @@
+"""Competition of experts, ECON section 5.2, as a ``pyro.poutine`` messenger.
+
+At every guide site that carries competition terms in ``infer["competition"]`` (ECONGuide's
+``k_t``: each expert's ``L_x`` and ``L_r`` at this step, shape ``(..., K)``) the messenger
+scores the experts by ``lambda * L_x(k) + L_r(k)``, picks the winner stochastically with
+``P(k) ~ exp(-score)`` (or greedily by argmin) and replaces the site's distribution by a point
+mass at the winner. A point mass has log-density 0 and no score-function term, so ``k_t``
+adds no REINFORCE gradient and the loss contains only the winner's terms: the greedy
+maximisation of eq. (13) over k_{1:T} that the paper describes.
+"""
+from __future__ import annotations
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions import TorchDistribution, constraints
+from pyro.distributions.score_parts import ScoreParts
+from pyro.poutine.messenger import Messenger
+
+
+class Winner(TorchDistribution):
+    """Point mass at integer ``value``: log-density 0, no score-function or entropy term.
+
+    Its draw does not depend on any parameter, so it counts as reparameterised (which lets
+    ``TraceMeanField_ELBO`` accept it); its entropy term is an explicit zero.
+    """
+
+    arg_constraints = {}
+    has_rsample = True
+
+    def __init__(self, value: torch.Tensor, num_experts: int, validate_args=None):
+        self.value, self.num_experts = value, num_experts
+        super().__init__(value.shape, torch.Size(), validate_args=validate_args)
+
+    @constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return constraints.integer_interval(0, self.num_experts - 1)
+
+    def expand(self, batch_shape, _instance=None):
+        return Winner(self.value.expand(batch_shape), self.num_experts)
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.value.expand(self._extended_shape(sample_shape))
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.sample(sample_shape)
+
+    def log_prob(self, value):
+        return torch.zeros(torch.broadcast_shapes(value.shape, self.batch_shape), device=self.value.device)
+
+    def score_parts(self, value, *args, **kwargs):
+        zero = self.log_prob(value)
+        return ScoreParts(log_prob=zero, score_function=0, entropy_term=zero)
+
+
+class Competition(Messenger):
+    """Pick the winning expert at each ``k_t`` site of a guide (ECON section 5.2).
+
+    :param lam: lambda, the weight of the appearance term L_x in the competition objective
+        (the paper uses L_x + L_r for unique colours and L_r alone, lambda = 0, for random colours).
+    :param greedy: take the argmin of the score instead of sampling ``P(k) ~ exp(-score)``.
+
+    Use it on the guide only::
+
+        loss = elbo.differentiable_loss(model, Competition(lam=1.0)(guide), x)
+    """
+
+    def __init__(self, lam: float = 1.0, greedy: bool = False):
+        super().__init__()
+        if lam < 0:
+            raise ValueError(f"Competition: lambda must be >= 0, got {lam}")
+        self.lam, self.greedy = float(lam), bool(greedy)
+
+    def scores(self, terms) -> torch.Tensor:
+        """The competition objective lambda * L_x + L_r, shape (..., K)."""
+        return self.lam * terms["L_x"] + terms["L_r"]
+
+    def _pyro_sample(self, msg):
+        terms = msg["infer"].get("competition")
+        if terms is None or msg["is_observed"] or msg["value"] is not None:
+            return
+        score = self.scores(terms)
+        shape = msg["fn"].batch_shape
+        if self.greedy:
+            winner = score.argmin(-1).expand(shape)
+        else:
+            winner = dist.Categorical(logits=-score).expand(shape).sample()
+        msg["fn"] = Winner(winner, score.shape[-1])
+        msg["infer"]["competition_scores"] = score
