@@ -1,0 +1,404 @@
+"""Digit sources for the multi-digit scenes: real MNIST (IDX files) or synthetic digits.
+
+Both sources expose ``num_classes = 10``, ``len()``, ``get(index) -> (28x28 float tensor in
+[0, 1], label)``, the vectorised ``sample(labels, generator) -> (N, 28, 28)`` and
+``select(labels, u)`` (deterministic: instance ``floor(u * count[label])`` of that label, used
+by the scene generators so that scenes are reproducible per index).
+Nothing is ever downloaded.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import logging
+import math
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._rng import ItemRNG
+from .base import upsample_matrix
+from .errors import DatasetError
+
+log = logging.getLogger(__name__)
+
+#: environment variable holding the MNIST folder (or images file) for :func:`default_digit_source`
+MNIST_ENV = "PYRO_SCENES_MNIST"
+DIGIT_SIZE = 28
+
+
+class _DigitBank:
+    """Common code: a uint8/float bank of 28x28 digits with labels and per-label index tables."""
+
+    num_classes = 10
+
+    def _init_bank(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images = images            # (N, 28, 28) uint8 or float in [0, 1]
+        self.labels = labels.long()      # (N,)
+        counts = torch.bincount(self.labels, minlength=10)
+        if (counts == 0).any():
+            missing = (counts == 0).nonzero().flatten().tolist()
+            raise DatasetError(f"{self.describe()}: no images of digit(s) {missing}")
+        self._order = torch.argsort(self.labels, stable=True)
+        self._counts = counts
+        self._starts = torch.cumsum(counts, 0) - counts
+        self._float_cache: dict[int, torch.Tensor] = {}
+
+    def describe(self) -> str:  # pragma: no cover - overridden
+        return type(self).__name__
+
+    def __len__(self) -> int:
+        return self.labels.numel()
+
+    def _as_float(self, x: torch.Tensor) -> torch.Tensor:
+        return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
+    def get(self, index: int):
+        """(28x28 float tensor in [0, 1], label int) of bank entry ``index``."""
+        return self._as_float(self.images[index]), int(self.labels[index])
+
+    def select_indices(self, labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Bank indices of the ``floor(u * count)``-th instance of each label (vectorised)."""
+        labels = torch.as_tensor(labels).long()
+        if labels.numel() and (labels.min() < 0 or labels.max() > 9):
+            raise DatasetError(f"digit labels must be in 0..9, got {labels.unique().tolist()}")
+        cnt = self._counts[labels]
+        k = torch.minimum((torch.as_tensor(u, dtype=torch.float64) * cnt).long(), cnt - 1)
+        return self._order[self._starts[labels] + k]
+
+    def select(self, labels: torch.Tensor, u: torch.Tensor, size: int = DIGIT_SIZE) -> torch.Tensor:
+        """Digits (..., size, size) float in [0, 1] for labels (...) and uniforms u (...)."""
+        idx = self.select_indices(labels, u)
+        return self.resized(size)[idx]
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random instances of the given labels: (N, 28, 28) float in [0, 1]."""
+        labels = torch.as_tensor(labels).long()
+        u = torch.rand(labels.shape, generator=generator, dtype=torch.float64)
+        return self.select(labels, u)
+
+    def resized(self, size: int) -> torch.Tensor:
+        """The whole bank as float (N, size, size), resized with antialiasing (cached)."""
+        if size not in self._float_cache:
+            x = self._as_float(self.images)
+            if size != x.shape[-1]:
+                x = F.interpolate(x[:, None], size=(size, size), mode="bilinear",
+                                  antialias=True, align_corners=False)[:, 0].clamp_(0, 1)
+            self._float_cache[size] = x.contiguous()
+        return self._float_cache[size]
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX (real MNIST)
+
+_IDX_NAMES = {
+    "images": ["{kind}-images-idx3-ubyte", "{kind}-images.idx3-ubyte"],
+    "labels": ["{kind}-labels-idx1-ubyte", "{kind}-labels.idx1-ubyte"],
+}
+_MAGIC = {"images": 2051, "labels": 2049}
+
+
+def _find_idx_file(root: Path, what: str, kind: str) -> Path:
+    dirs = [root, root / "MNIST" / "raw", root / "raw", root / "mnist"]
+    tried = []
+    for d in dirs:
+        for pattern in _IDX_NAMES[what]:
+            base = d / pattern.format(kind=kind)
+            for p in (base, base.with_name(base.name + ".gz")):
+                tried.append(p)
+                if p.is_file():
+                    return p
+    raise DatasetError(
+        f"MNIST {what} file not found under {root}: looked for "
+        f"{_IDX_NAMES[what][0].format(kind=kind)}[.gz] in {root}, {root / 'MNIST' / 'raw'}, "
+        f"{root / 'raw'} and {root / 'mnist'}")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DatasetError(f"{path}: cannot read (corrupt or truncated gzip?): {e}") from None
+
+
+def read_idx(path: str | os.PathLike, expected_magic: int | None = None) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) holding unsigned bytes; returns a uint8 array.
+
+    Raises :class:`DatasetError` naming the file for a missing file, a wrong magic number, an
+    unsupported data type, or a payload shorter (truncated) or longer than the header says.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise DatasetError(f"{path}: truncated IDX file ({len(data)} bytes, no header)")
+    magic = struct.unpack(">I", data[:4])[0]
+    if expected_magic is not None and magic != expected_magic:
+        raise DatasetError(f"{path}: wrong magic number {magic} (0x{magic:08x}), expected "
+                           f"{expected_magic} (0x{expected_magic:08x})")
+    zero, dtype_code, ndim = data[0] * 256 + data[1], data[2], data[3]
+    if zero != 0 or dtype_code != 0x08 or ndim == 0:
+        raise DatasetError(f"{path}: wrong magic number 0x{magic:08x}: not an unsigned-byte IDX "
+                           "file")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes, need {header})")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    expected = int(np.prod(dims, dtype=np.int64))
+    got = len(data) - header
+    if got < expected:
+        raise DatasetError(f"{path}: truncated payload: header says {dims} = {expected} bytes, "
+                           f"file has {got}")
+    if got > expected:
+        raise DatasetError(f"{path}: {got - expected} unexpected trailing bytes after the "
+                           f"{dims} payload")
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
+
+
+class IDXDigits(_DigitBank):
+    """Real MNIST read from the standard IDX files.
+
+    ``path`` is a folder holding ``{kind}-images-idx3-ubyte`` and ``{kind}-labels-idx1-ubyte``
+    (each optionally ``.gz``; the ``MNIST/raw/`` layout torchvision writes and ``raw/`` are
+    searched too), or the images file itself.  ``path=None`` reads the environment variable
+    ``PYRO_SCENES_MNIST``.  ``kind`` is ``"train"`` (60,000 digits) or ``"t10k"`` (10,000).
+    Images of another size than 28x28 are resized to 28x28.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, kind: str = "train") -> None:
+        if path is None:
+            path = os.environ.get(MNIST_ENV)
+            if not path:
+                raise DatasetError(f"no MNIST path given and ${MNIST_ENV} is not set")
+        root = Path(path).expanduser()
+        if root.is_file():
+            images_path = root
+            name = root.name.replace("images", "labels").replace("idx3", "idx1")
+            labels_path = root.with_name(name)
+            if labels_path == images_path or not labels_path.is_file():
+                raise DatasetError(f"{root}: labels file {labels_path.name} not found next to it")
+        elif root.is_dir():
+            images_path = _find_idx_file(root, "images", kind)
+            labels_path = _find_idx_file(root, "labels", kind)
+        else:
+            raise DatasetError(f"MNIST path {root} does not exist")
+        images = read_idx(images_path, _MAGIC["images"])
+        labels = read_idx(labels_path, _MAGIC["labels"])
+        if images.ndim != 3:
+            raise DatasetError(f"{images_path}: expected 3 dimensions (N, rows, cols), got "
+                               f"{images.shape}")
+        if labels.ndim != 1:
+            raise DatasetError(f"{labels_path}: expected 1 dimension (N,), got {labels.shape}")
+        if images.shape[0] != labels.shape[0]:
+            raise DatasetError(f"{images_path} has {images.shape[0]} images but {labels_path} "
+                               f"has {labels.shape[0]} labels")
+        if labels.size and labels.max() > 9:
+            raise DatasetError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
+        self.images_path, self.labels_path, self.kind = images_path, labels_path, kind
+        imgs = torch.from_numpy(images.copy())
+        if imgs.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE):
+            imgs = (F.interpolate(imgs[:, None].float(), size=(DIGIT_SIZE, DIGIT_SIZE),
+                                  mode="bilinear", antialias=True)[:, 0]).round().clamp(0, 255)
+            imgs = imgs.to(torch.uint8)
+        self._init_bank(imgs, torch.from_numpy(labels.astype(np.int64)))
+
+    def describe(self) -> str:
+        return f"IDXDigits({getattr(self, 'images_path', '?')})"
+
+    def config(self) -> dict:
+        st = self.images_path.stat()
+        return dict(source="idx", images=str(self.images_path.resolve()), size=st.st_size,
+                    count=len(self))
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic digits
+
+_FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf",
+               "DejaVuSans-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Italic.ttf",
+               "cmss10.ttf", "cmr10.ttf",
+               "STIXGeneral.ttf", "STIXGeneralItalic.ttf")
+_T = 56  # template resolution (2x MNIST)
+
+
+@functools.lru_cache(maxsize=1)
+def _glyph_templates() -> tuple[torch.Tensor, tuple[str, ...]]:
+    """(F, 10, 56, 56) float glyph templates: each digit of each font scaled to 40 px tall
+    (MNIST's 20 px at 2x) inside a 56x56 box, centred by centre of mass as MNIST does."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    fonts = []
+    try:
+        import matplotlib
+        ttf_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+        fonts = [(n, ttf_dir / n) for n in _FONT_FILES if (ttf_dir / n).is_file()]
+    except Exception:  # pragma: no cover - matplotlib is a dependency
+        pass
+    loaded = []
+    for name, p in fonts:
+        try:
+            loaded.append((name, ImageFont.truetype(str(p), 96)))
+        except OSError:  # pragma: no cover
+            continue
+    if not loaded:  # pragma: no cover - PIL's bundled font as a last resort
+        loaded = [("pil-default", ImageFont.load_default(size=96))]
+    out = torch.zeros(len(loaded), 10, _T, _T)
+    for fi, (_, font) in enumerate(loaded):
+        for d in range(10):
+            im = Image.new("L", (160, 160), 0)
+            ImageDraw.Draw(im).text((30, 10), str(d), fill=255, font=font)
+            bbox = im.getbbox()
+            glyph = im.crop(bbox)
+            w, h = glyph.size
+            scale = 40.0 / h
+            nw = max(4, min(44, round(w * scale)))
+            glyph = glyph.resize((nw, 40), Image.LANCZOS)
+            g = torch.from_numpy(np.asarray(glyph, dtype=np.float32) / 255.0)
+            # centre of mass to the centre of the 56x56 box
+            ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(float(nw)), indexing="ij")
+            m = g.sum().clamp_min(1e-6)
+            cy, cx = float((g * ys).sum() / m), float((g * xs).sum() / m)
+            top = int(round(_T / 2 - cy - 0.5))
+            left = int(round(_T / 2 - cx - 0.5))
+            top = min(max(top, 0), _T - 40)
+            left = min(max(left, 0), _T - nw)
+            out[fi, d, top:top + 40, left:left + nw] = g
+    return out, tuple(n for n, _ in loaded)
+
+
+class SyntheticDigits(_DigitBank):
+    """Built-in handwritten-like digits, used when no MNIST files are given.
+
+    Glyphs of the fonts bundled with matplotlib (DejaVu Sans/Serif/Mono, Computer Modern,
+    STIX; regular, bold, italic) are rendered large, then each bank entry gets a random affine
+    warp (rotation +-15 deg, shear +-0.35, anisotropic scale 0.8..1.1, small shift), a smooth
+    elastic displacement field (4x4 random field upsampled bicubically), a random stroke width
+    (soft erosion or dilation) and is box-downsampled to 28x28, MNIST-style (digit about 20 px
+    tall, centred by mass).  The bank (``per_class`` entries per digit, entry ``i`` has label
+    ``i % 10``) is a deterministic function of ``seed`` and built once (about 0.2 s).
+    """
+
+    def __init__(self, seed: int = 0, per_class: int = 500) -> None:
+        self.seed = int(seed)
+        self.per_class = int(per_class)
+        if self.per_class < 1:
+            raise DatasetError(f"per_class must be >= 1, got {per_class}")
+        images, labels = _synthetic_bank(self.seed, self.per_class)
+        self._init_bank(images, labels)
+
+    def describe(self) -> str:
+        return f"SyntheticDigits(seed={self.seed}, per_class={self.per_class})"
+
+    def config(self) -> dict:
+        return dict(source="synthetic", seed=self.seed, per_class=self.per_class)
+
+
+_UP4 = upsample_matrix(4, _T)
+
+
+def _max3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 max filter (separable, zero-padded; inputs are >= 0 or handled by the caller)."""
+    p = F.pad(x, (1, 1, 1, 1), value=float("-inf"))
+    h = torch.maximum(torch.maximum(p[..., :, :-2], p[..., :, 1:-1]), p[..., :, 2:])
+    return torch.maximum(torch.maximum(h[..., :-2, :], h[..., 1:-1, :]), h[..., 2:, :])
+
+
+@functools.lru_cache(maxsize=4)
+def _synthetic_bank(seed: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+    templates, _ = _glyph_templates()
+    nf = templates.shape[0]
+    n = 10 * per_class
+    labels = torch.arange(n) % 10
+    rng = ItemRNG(seed, np.arange(n))
+    font = rng.randint(0, nf, ).view(-1)
+    p = rng.uniform(8, dtype=torch.float32)             # affine parameters
+    field = rng.uniform(2, 4, 4, low=-1.0, high=1.0)     # elastic field
+    stroke = rng.uniform(dtype=torch.float32).view(-1)
+    out = torch.empty(n, DIGIT_SIZE, DIGIT_SIZE, dtype=torch.uint8)
+    step = 2048
+    for s in range(0, n, step):
+        sl = slice(s, s + step)
+        src = templates[font[sl], labels[sl]][:, None]   # (b, 1, 56, 56)
+        b = src.shape[0]
+        q = p[sl]
+        ang = (q[:, 0] * 2 - 1) * math.radians(15)
+        shear = (q[:, 1] * 2 - 1) * 0.35
+        sx = 0.8 + 0.3 * q[:, 2]
+        sy = 0.9 + 0.2 * q[:, 3]
+        tx = (q[:, 4] * 2 - 1) * 0.06
+        ty = (q[:, 5] * 2 - 1) * 0.06
+        cos, sin = torch.cos(ang), torch.sin(ang)
+        # output -> input coordinates: inverse of (rotate . shear . scale)
+        a11, a12 = cos / sx, (sin + shear * cos) / sx
+        a21, a22 = -sin / sy, (cos - shear * sin) / sy
+        xs = (torch.arange(_T, dtype=torch.float32) + 0.5) * (2.0 / _T) - 1.0
+        gx0, gy0 = xs.view(1, 1, _T), xs.view(1, _T, 1)
+        # smooth displacement: bilinear upsampling of the 4x4 field as two small matmuls
+        disp = torch.matmul(torch.matmul(_UP4, field[sl]), _UP4.T)      # (b, 2, 56, 56)
+        amp = (0.05 + 0.07 * q[:, 6]).view(-1, 1, 1)
+
+        def v(t):
+            return t.view(-1, 1, 1)
+        gx = v(a11) * gx0 + v(a12) * gy0 + v(tx) + disp[:, 0] * amp
+        gy = v(a21) * gx0 + v(a22) * gy0 + v(ty) + disp[:, 1] * amp
+        warped = F.grid_sample(src, torch.stack([gx, gy], -1), mode="bilinear",
+                               padding_mode="zeros", align_corners=False)
+        # stroke width: soft erosion (w < 0) or dilation (w > 0, up to two 3x3 steps)
+        w = (stroke[sl] * 2.3 - 0.5).view(-1, 1, 1, 1)
+        dil = _max3(warped)
+        ero = -_max3(-warped)
+        x = torch.where(w >= 0, warped + w.clamp(0, 1) * (dil - warped),
+                        warped + (-w) * (ero - warped))
+        x = torch.where(w > 1, _max3(dil) * (w - 1) + dil * (2 - w), x)
+        x = F.avg_pool2d(x, 2)                                   # 56 -> 28, box filter
+        x = (x * 1.25).clamp(0, 1)                               # MNIST-like saturated strokes
+        out[sl] = (x[:, 0] * 255).round().to(torch.uint8)
+    return out, labels
+
+
+# ---------------------------------------------------------------------------------------------
+
+_warned_synthetic = False
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_idx(path: str, kind: str) -> IDXDigits:
+    return IDXDigits(path, kind)
+
+
+def default_digit_source(path: str | os.PathLike | None = None, kind: str = "train",
+                         seed: int = 0):
+    """IDX MNIST when ``path`` or ``$PYRO_SCENES_MNIST`` is set, else :class:`SyntheticDigits`.
+
+    Using the synthetic source is logged (``logging.WARNING`` once per process, then INFO).
+    Sources are cached per process, so repeated calls are cheap.
+    """
+    global _warned_synthetic
+    if path is None:
+        path = os.environ.get(MNIST_ENV) or None
+    if path is not None:
+        src = _cached_idx(str(Path(path).expanduser().resolve()), kind)
+        log.info("using MNIST digits from %s", src.images_path)
+        return src
+    msg = (f"no MNIST files given (option mnist_path / ${MNIST_ENV}): using the built-in "
+           "synthetic handwritten-like digits (font glyphs with random affine, elastic and "
+           "stroke-width distortions)")
+    if not _warned_synthetic:
+        log.warning(msg)
+        _warned_synthetic = True
+    else:
+        log.info(msg)
+    return _cached_synthetic(seed)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_synthetic(seed: int) -> SyntheticDigits:
+    return SyntheticDigits(seed)
