@@ -131,7 +131,7 @@ class ArrowScenes(SceneDataset):
         shared_cls = (odd_cls + 1 + rng.randint(0, 2).numpy()) % 3
         odd_slot = rng.randint(0, 3).numpy()
         cols = rng.permutation(3).numpy()
-        jitter = rng.uniform_np(3, low=-0.1, high=0.1) * S
+        jitter = rng.uniform_np(3, low=-0.13, high=0.13) * S
         t = rng.uniform_np(3)
         size_jit = rng.uniform_np(3, low=0.9, high=1.1)
         colors = rng.uniform(3, 3, low=0.15, high=0.95)
@@ -143,7 +143,7 @@ class ArrowScenes(SceneDataset):
                           shared_cls[:, None])
         base = horizon[:, None] + 0.08 * S + t * (_OBJ_BOTTOM_MAX * S - horizon[:, None]
                                                    - 0.08 * S)
-        s = S * (0.075 + 0.055 * t) * size_jit
+        s = S * (0.08 + 0.06 * t) * size_jit
         cx = np.clip((cols + 0.5) * S / 3 + jitter, s, S - s)
         cy = base - s
         # -- depth order: farther (smaller base y) first
