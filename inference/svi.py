@@ -1,0 +1,229 @@
+"""Train any registered model with stochastic variational inference.
+
+    python -m inference.svi --model econ --dataset sprites-unique --steps 20000
+    python -m inference.svi --model gnm --dataset mnist4 --set beta_g_end=2.0
+    python -m inference.svi --model econ --resume --steps 40000      # continue runs/econ-sprites-unique
+
+The command is model-agnostic: everything model-specific comes from the model's recipe
+(``inference.recipes.get_recipe(name)``, contract in ``inference/recipes/base.py``). See
+``docs/training.md``.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import click
+
+from inference.training import checkpoint as ckpt_mod
+from inference.training.config import (
+    FLAG_KEYS, RESERVED_KEYS, ConfigError, load_config_file, parse_set, resolve_config,
+    resume_overrides, validate_trainer_config,
+)
+from inference.training.rundir import RunDir
+
+
+def _model_names() -> str:
+    try:
+        from inference.recipes import RECIPES
+
+        return ", ".join(sorted(RECIPES))
+    except Exception:  # pragma: no cover
+        return "see inference/recipes/__init__.py"
+
+
+def _get_recipe(name: str):
+    """Look the recipe up at call time (so tests and plugins can register their own)."""
+    import inference.recipes as recipes
+
+    try:
+        return recipes.get_recipe(name)
+    except ValueError as e:
+        raise click.UsageError(f"--model: {e}") from None
+    except Exception as e:  # ImportError, or a bug in the recipe's module
+        raise click.ClickException(f"--model {name}: the recipe could not be loaded: {type(e).__name__}: {e}") from None
+
+
+def _validate(recipe, config: Dict[str, Any]) -> None:
+    try:
+        validate_trainer_config(config)
+        recipe.validate_config(config)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise click.UsageError(f"--device cuda: CUDA is not available here (torch {torch.__version__}); "
+                               f"use --device cpu")
+    return torch.device(name)
+
+
+def _check_dataset(recipe, dataset: str) -> None:
+    if dataset not in recipe.datasets:
+        raise click.UsageError(f"--dataset: unknown dataset {dataset!r} for model {recipe.name!r}; "
+                               f"choose one of {', '.join(recipe.datasets)}")
+
+
+def plan_new(model: Optional[str], dataset: Optional[str], out: Optional[str],
+             file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any]):
+    """Validate a new run; returns ``(recipe, config, out_path)``. Touches no file."""
+    if model is None:
+        raise click.UsageError("missing --model (one of: " + _model_names() + ")")
+    if "model" in file_config and file_config["model"] != model:
+        raise click.UsageError(f"--config is for model {file_config['model']!r}, not --model {model!r}")
+    recipe = _get_recipe(model)
+    dataset = dataset or file_config.get("dataset") or (recipe.datasets[0] if recipe.datasets else None)
+    if dataset is None:
+        raise click.ClickException(f"model {model!r} declares no datasets")
+    _check_dataset(recipe, dataset)
+    try:
+        config = resolve_config(recipe, dataset, file_config, flags, sets)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    _validate(recipe, config)
+    out_path = Path(out) if out else Path("runs") / f"{model}-{dataset}"
+    rd = RunDir(out_path)
+    if out_path.exists() and not out_path.is_dir():
+        raise click.UsageError(f"--out {out_path}: exists and is not a directory")
+    if rd.holds_run():
+        other = rd.read_config() or {}
+        if other and (other.get("model"), other.get("dataset")) != (model, dataset):
+            raise click.UsageError(
+                f"--out {out_path} holds a different run ({rd.describe()}); nothing was changed. "
+                f"Use a new --out")
+        raise click.UsageError(f"--out {out_path} already holds a run ({rd.describe()}); nothing was changed. "
+                               f"Use --resume to continue it, or a new --out")
+    return recipe, config, out_path
+
+
+def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str], device,
+                file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any]):
+    """Validate a resumed run; returns ``(recipe, config, out_path, checkpoint_dict, checkpoint_path)``."""
+    if out is None:
+        if model is None:
+            raise click.UsageError("--resume needs --out (or --model [--dataset] for runs/<model>-<dataset>)")
+        if dataset is None:
+            dataset = file_config.get("dataset") or (_get_recipe(model).datasets or (None,))[0]
+        out_path = Path("runs") / f"{model}-{dataset}"
+    else:
+        out_path = Path(out)
+    rd = RunDir(out_path)
+    if not rd.holds_run():
+        raise click.UsageError(f"--resume: {out_path} holds no run to resume (no config.json or checkpoints); "
+                               f"leave out --resume to start one")
+    try:
+        path = ckpt_mod.find_checkpoint(rd.path)
+        ck = ckpt_mod.load_checkpoint(path, map_location=device)
+    except ckpt_mod.CheckpointError as e:
+        hint = ""
+        older = ckpt_mod.list_checkpoints(rd.ckpt_dir)[:-1]
+        if older:
+            hint = f" (older checkpoints: {', '.join(p.name for _, p in older)}; move the bad file away to resume from one)"
+        raise click.ClickException(f"--resume: {e}{hint}") from None
+    run_model, run_dataset = ck["model"], ck["dataset"]
+    for flag, asked, have in (("--model", model, run_model), ("--dataset", dataset, run_dataset),
+                              ("--config model", file_config.get("model"), run_model),
+                              ("--config dataset", file_config.get("dataset"), run_dataset)):
+        if asked is not None and asked != have:
+            raise click.UsageError(f"{flag} {asked!r}: --out {out_path} holds a run of model {run_model!r} on "
+                                   f"dataset {run_dataset!r}; nothing was changed. Use a new --out for another run")
+    recipe = _get_recipe(run_model)
+    reserved = [k for k in sets if k in RESERVED_KEYS]
+    if reserved:
+        raise click.UsageError(f"--set {reserved[0]}: use --{reserved[0]} instead")
+    requested = {k: v for k, v in file_config.items() if k not in RESERVED_KEYS}
+    requested.update(flags)
+    requested.update(sets)
+    try:
+        config = resume_overrides(dict(ck["config"]), requested)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    _validate(recipe, config)
+    return recipe, config, out_path, ck, path
+
+
+FLAG_HELP = "default: the model's config"
+
+EPILOG = f"""
+Models: {_model_names()}. Settings are resolved as: the model's defaults for the dataset <
+--config FILE.json < explicit flags < --set KEY=VALUE; the result is saved as config.json in the run
+directory (a run's config.json can be passed back as --config). A run directory holds config.json,
+log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status: 0 done, 1 error,
+2 bad input, 130 interrupted (a checkpoint was written; continue with --resume).
+"""
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+               epilog=EPILOG)
+@click.option("--model", "model", metavar="NAME", help=f"Model to train ({_model_names()}). Optional with --resume.")
+@click.option("--dataset", metavar="NAME", help="Dataset, one of the model's datasets (default: its first).")
+@click.option("--steps", type=int, help=f"Total optimiser steps of the run (with --resume: the new total). {FLAG_HELP}")
+@click.option("--batch-size", type=int, help=f"Images per step. {FLAG_HELP}")
+@click.option("--lr", type=float, help=f"Learning rate. {FLAG_HELP}")
+@click.option("--seed", type=int, help="Seed of all RNGs, of the data order and of model initialisation. default 0")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="Where to train; cuda must be available.")
+@click.option("--out", metavar="DIR", help="Run directory. default runs/<model>-<dataset>")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, exactly.")
+@click.option("--config", "config_file", metavar="FILE.json", help="JSON object of settings (KEY: VALUE).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override one setting (repeatable); VALUE is read as JSON, else as a string. "
+                   "Unknown keys are an error that lists the valid ones.")
+@click.option("--image-size", type=int, help=f"Image side in pixels. {FLAG_HELP}")
+@click.option("--num-train", type=int, help=f"Training-set size. {FLAG_HELP}")
+@click.option("--workers", type=int, help="DataLoader worker processes. default 0")
+@click.option("--log-every", type=int, help="Write a log.jsonl line every N steps. default 10")
+@click.option("--val-every", type=int, help="Validation loss every N steps (0: only at the end). default 500")
+@click.option("--ckpt-every", type=int, help="Checkpoint every N steps (0: only at the end). default 500")
+@click.option("--keep", type=int, help="Checkpoints kept (the newest). default 3")
+@click.option("--figures-every", type=int, help="Figures every N steps (0: only at the end). default 0")
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="torch.use_deterministic_algorithms (warn-only on ops without a deterministic kernel).")
+def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, config_file, sets, image_size,
+         num_train, workers, log_every, val_every, ckpt_every, keep, figures_every, deterministic):
+    """Train a structured scene model (model and guide from its recipe) with SVI."""
+    from inference.training.trainer import Interrupted, Trainer, TrainingError
+
+    given = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
+                 num_train=num_train, workers=workers, log_every=log_every, val_every=val_every,
+                 ckpt_every=ckpt_every, keep=keep, figures_every=figures_every, deterministic=deterministic)
+    assert set(given) == set(FLAG_KEYS.values())
+    flags = {k: v for k, v in given.items() if v is not None}
+    torch_device = _device(device)
+    try:
+        set_values = parse_set(sets)
+        file_config = load_config_file(config_file) if config_file else {}
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    if resume:
+        recipe, config, out_path, ck, ck_path = plan_resume(model, dataset, out, torch_device, file_config,
+                                                            flags, set_values)
+        if ck["step"] >= config["steps"]:
+            click.echo(f"{out_path}: the run is already at step {ck['step']} of {config['steps']}; nothing to do "
+                       f"(pass a larger --steps to train on). Latest checkpoint: {ck_path}")
+            return
+    else:
+        recipe, config, out_path = plan_new(model, dataset, out, file_config, flags, set_values)
+        ck = None
+    trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo)
+    try:
+        trainer.prepare()
+    except (TrainingError, ckpt_mod.CheckpointError) as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        trainer.run()
+    except Interrupted as e:
+        where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
+        click.echo(f"interrupted at step {e.step}; {where}. Continue with: python -m inference.svi "
+                   f"--resume --out {out_path}", err=True)
+        sys.exit(130)
+    except TrainingError as e:
+        raise click.ClickException(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""Resolve the hyper-parameters of a run: defaults < ``--config`` < explicit flags < ``--set``.
+
+The resolved config is one flat, JSON-serialisable dict. It holds the trainer's own keys
+(:data:`TRAINER_DEFAULTS`), every key of ``recipe.default_config(dataset)`` (a recipe may override a
+trainer default, e.g. ``batch_size``), and the reserved keys ``model`` and ``dataset``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+#: keys the trainer itself reads; recipes see them too and may override the defaults
+TRAINER_DEFAULTS: Dict[str, Any] = {
+    "steps": 1000,          # total optimiser updates of the run
+    "batch_size": 32,
+    "seed": 0,
+    "workers": 0,           # DataLoader worker processes
+    "log_every": 10,        # one log.jsonl line per this many steps
+    "val_every": 500,       # validation loss (and plateau-scheduler step) every this many steps; 0: never
+    "val_items": 128,       # number of validation items the validation loss averages over
+    "ckpt_every": 500,      # checkpoint every this many steps; 0: only at the end
+    "keep": 3,              # checkpoints kept
+    "figures_every": 0,     # figures every this many steps; 0: only at the end
+    "deterministic": False,  # torch.use_deterministic_algorithms (warn-only)
+}
+
+#: keys set by ``--model`` / ``--dataset`` only
+RESERVED_KEYS = ("model", "dataset")
+
+#: keys that may change when a run is resumed (they do not change the numbers of a step)
+RESUMABLE_KEYS = ("steps", "workers", "log_every", "val_items", "ckpt_every", "keep", "figures_every", "deterministic")
+
+#: CLI flag -> config key
+FLAG_KEYS = {
+    "--steps": "steps",
+    "--batch-size": "batch_size",
+    "--lr": "lr",
+    "--seed": "seed",
+    "--image-size": "image_size",
+    "--num-train": "num_train",
+    "--workers": "workers",
+    "--log-every": "log_every",
+    "--val-every": "val_every",
+    "--ckpt-every": "ckpt_every",
+    "--keep": "keep",
+    "--figures-every": "figures_every",
+    "--deterministic": "deterministic",
+}
+
+
+class ConfigError(ValueError):
+    """A bad hyper-parameter; the message names the key (or file) and the problem."""
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` values: JSON if they parse (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``null``), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_set(items: Iterable[str]) -> Dict[str, Any]:
+    """``["a=1", "b=x"]`` -> ``{"a": 1, "b": "x"}``; a malformed item raises :class:`ConfigError`."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = parse_value(value)
+    return out
+
+
+def load_config_file(path) -> Dict[str, Any]:
+    """Read a ``--config`` JSON object (a run's ``config.json`` works too)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read ({e.strerror or e})") from None
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of KEY: VALUE, got {type(data).__name__}")
+    return data
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    if isinstance(value, dict):
+        return "dict"
+    return type(value).__name__
+
+
+def coerce(key: str, value: Any, default: Any, source: str) -> Any:
+    """Check ``value`` has the JSON type of ``default`` (an int is accepted for a float); ``None`` defaults accept anything."""
+    want, got = _json_kind(default), _json_kind(value)
+    if want == "null" or want == got:
+        return value
+    if want == "float" and got == "int":
+        return float(value)
+    raise ConfigError(f"{source} {key}={value!r}: expected {want} (default {json.dumps(default)}), got {got}")
+
+
+def check_keys(keys: Iterable[str], valid: Mapping[str, Any], source: str) -> None:
+    unknown = sorted(set(keys) - set(valid))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(valid))}")
+
+
+def defaults_for(recipe, dataset: str) -> Dict[str, Any]:
+    """Trainer defaults overlaid with the recipe's defaults for ``dataset`` (reserved keys excluded)."""
+    config = dict(TRAINER_DEFAULTS)
+    recipe_config = dict(recipe.default_config(dataset))
+    for key in RESERVED_KEYS:
+        recipe_config.pop(key, None)
+    config.update(recipe_config)
+    return config
+
+
+def merge(base: Dict[str, Any], overrides: Mapping[str, Any], source: str) -> Dict[str, Any]:
+    """``base`` updated with ``overrides``; keys must exist in ``base`` and values match its types."""
+    check_keys(overrides, base, source)
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = coerce(key, value, base[key], source)
+    return out
+
+
+def resolve_config(recipe, dataset: str, file_config: Optional[Mapping[str, Any]] = None,
+                   flags: Optional[Mapping[str, Any]] = None,
+                   sets: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """defaults(dataset) < ``file_config`` < ``flags`` (config key -> value, only those given) < ``sets``."""
+    config = defaults_for(recipe, dataset)
+    file_config = {k: v for k, v in (file_config or {}).items() if k not in RESERVED_KEYS}
+    config = merge(config, file_config, "--config")
+    for key, value in (flags or {}).items():
+        if key not in config:
+            flag = next(f for f, k in FLAG_KEYS.items() if k == key)
+            raise ConfigError(f"{flag}: model {recipe.name!r} has no {key!r} setting")
+        config[key] = coerce(key, value, config[key], FLAG_NAME.get(key, key))
+    reserved = [k for k in (sets or {}) if k in RESERVED_KEYS]
+    if reserved:
+        raise ConfigError(f"--set {reserved[0]}: use --{reserved[0]} instead")
+    config = merge(config, sets or {}, "--set")
+    config["model"] = recipe.name
+    config["dataset"] = dataset
+    return config
+
+
+FLAG_NAME = {key: flag for flag, key in FLAG_KEYS.items()}
+
+
+def _positive_int(config, key):
+    v = config.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise ConfigError(f"{FLAG_NAME.get(key, key)}={v!r}: must be a positive integer")
+
+
+def _non_negative_int(config, key):
+    v = config.get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise ConfigError(f"{FLAG_NAME.get(key, key)}={v!r}: must be a non-negative integer")
+
+
+def validate_trainer_config(config: Mapping[str, Any]) -> None:
+    """The trainer's own checks; the recipe's ``validate_config`` runs after these."""
+    for key in ("steps", "batch_size", "log_every", "keep", "val_items"):
+        _positive_int(config, key)
+    for key in ("seed", "workers", "val_every", "ckpt_every", "figures_every"):
+        _non_negative_int(config, key)
+    if "lr" in config:
+        lr = config["lr"]
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0) or lr == float("inf"):
+            raise ConfigError(f"--lr={lr!r}: must be a positive number")
+    if not isinstance(config.get("deterministic"), bool):
+        raise ConfigError(f"--deterministic={config.get('deterministic')!r}: must be true or false")
+    try:
+        json.dumps(dict(config), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config is not JSON-serialisable: {e}") from None
+
+
+def resume_overrides(run_config: Mapping[str, Any], requested: Mapping[str, Any]) -> Dict[str, Any]:
+    """Apply ``requested`` (key -> value, from --config/flags/--set) to a resumed run's config.
+
+    Only :data:`RESUMABLE_KEYS` may change; any other key whose value differs raises
+    :class:`ConfigError` (changing it would not continue the same run).
+    """
+    out = dict(run_config)
+    check_keys(requested, {k: None for k in run_config if k not in RESERVED_KEYS}, "--resume")
+    for key, value in requested.items():
+        value = coerce(key, value, run_config[key], FLAG_NAME.get(key, key))
+        if value == run_config[key]:
+            continue
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"{FLAG_NAME.get(key, key)}: cannot change {key!r} when resuming (the run has "
+                f"{json.dumps(run_config[key])}, asked {json.dumps(value)}); only "
+                f"{', '.join(RESUMABLE_KEYS)} may change; start a new --out for other settings")
+        out[key] = value
+    return out

@@ -1,0 +1,114 @@
+"""An endless, resumable stream of training batches.
+
+Every epoch is a permutation of the training set drawn from a ``torch.Generator`` seeded with
+``(seed, epoch)``, cut into batches of ``batch_size`` (the last incomplete batch is dropped). The
+stream's position is ``(epoch, batch)``; a stream started at a saved position yields exactly the
+batches that followed it, so ``--resume`` continues mid-epoch with the same data order.
+
+The data order is exact for any number of workers. Items themselves are exact when the dataset's
+``__getitem__`` is a deterministic function of the index (recommended: seed any per-item
+randomness from the index); with ``workers=0`` it also holds for datasets that draw from the
+global RNGs, because those states are checkpointed.
+"""
+from __future__ import annotations
+
+from typing import Dict, Iterator, List
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+
+def _generator(*words: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence([int(w) for w in words]).generate_state(1, np.uint64)[0] >> 1))
+    return g
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
+    """The batches (index lists) of ``epoch``: a seeded permutation cut into full batches."""
+    perm = torch.randperm(n, generator=_generator(seed, epoch)).tolist()
+    return [perm[i:i + batch_size] for i in range(0, n - batch_size + 1, batch_size)]
+
+
+class EndlessBatchSampler:
+    """Yields index batches forever, epoch after epoch, starting at ``(epoch, batch)``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
+        if n < batch_size:
+            raise ValueError(f"the training set has {n} items, fewer than one batch of {batch_size}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.batch = epoch, batch
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // self.batch_size
+
+    def __iter__(self) -> Iterator[List[int]]:
+        epoch, start = self.epoch, self.batch
+        while True:
+            yield from epoch_batches(self.n, self.batch_size, self.seed, epoch)[start:]
+            epoch, start = epoch + 1, 0
+
+
+def collate_images(items: List[Dict]) -> torch.Tensor:
+    """Training batches need only the images."""
+    return torch.stack([torch.as_tensor(item["image"]) for item in items])
+
+
+def _worker_init(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32  # base seed (from the stream's generator) + worker id
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+
+
+class BatchStream:
+    """``next(stream)`` is the next training image batch; :meth:`state` / ``start`` resume it."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0,
+                 state: Dict[str, int] | None = None):
+        state = state or {"epoch": 0, "batch": 0}
+        self.sampler = EndlessBatchSampler(len(dataset), batch_size, seed, state["epoch"], state["batch"])
+        self.epoch, self.batch = state["epoch"], state["batch"]
+        # A dedicated generator: the loader draws its workers' base seed from it, never from the global RNG.
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_images,
+                                 num_workers=workers, worker_init_fn=_worker_init if workers else None,
+                                 generator=_generator(seed, self.epoch, self.batch, 1),
+                                 persistent_workers=False)
+        self._iter = None
+
+    def state(self) -> Dict[str, int]:
+        """Position of the next batch to be consumed."""
+        return {"epoch": self.epoch, "batch": self.batch}
+
+    def __next__(self) -> torch.Tensor:
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        images = next(self._iter)
+        self.batch += 1
+        if self.batch == self.sampler.batches_per_epoch:
+            self.epoch, self.batch = self.epoch + 1, 0
+        return images
+
+    def __iter__(self):
+        return self
+
+    def close(self) -> None:
+        """Stop worker processes."""
+        it, self._iter = self._iter, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+
+def fixed_batch(dataset: Dataset, size: int) -> Dict:
+    """The first ``size`` items of ``dataset`` collated with all their keys (for figures)."""
+    size = min(size, len(dataset))
+    return default_collate([dataset[i] for i in range(size)])
+
+
+def iterate_fixed(dataset: Dataset, items: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """Image batches over the first ``items`` items, in order (for the validation loss)."""
+    items = min(items, len(dataset))
+    for start in range(0, items, batch_size):
+        yield collate_images([dataset[i] for i in range(start, min(start + batch_size, items))])
