@@ -200,5 +200,6 @@ def upsample_bilinear(field: torch.Tensor, size: int) -> torch.Tensor:
     pos = torch.linspace(0, n - 1, size, dtype=torch.float64)
     lo = pos.floor().clamp(max=n - 2).long()
     frac = (pos - lo).float()
-    rows = field[..., lo, :] * (1 - frac)[:, None] + field[..., lo + 1, :] * frac[:, None]
-    return rows[..., lo] * (1 - frac) + rows[..., lo + 1] * frac
+    f_col = frac[:, None]
+    rows = field.index_select(-2, lo) * (1 - f_col) + field.index_select(-2, lo + 1) * f_col
+    return rows.index_select(-1, lo) * (1 - frac) + rows.index_select(-1, lo + 1) * frac
