@@ -71,7 +71,8 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip errors, EOF, unpickling errors, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
         raise CheckpointError(f"{path}: cannot read the checkpoint (truncated, corrupt or not a "
                               f"pyro-scenes checkpoint): {first}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

@@ -94,5 +94,5 @@ def plot_losses(run_dir, out_name: str = "loss.png") -> Path | None:
         ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.96)
     return atomic_write(run_dir / out_name, lambda f: fig.savefig(f, format="png"))

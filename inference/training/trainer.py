@@ -42,6 +42,8 @@ from inference.training.logs import JsonlLog, plot_losses
 from inference.training.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
 from inference.training.rundir import RunDir
 
+#: loss.png is redrawn at a checkpoint only when this many seconds passed since the last drawing
+PLOT_EVERY_S = 30.0
 #: seeds of the validation and figure blocks, offset from the run's seed
 VAL_SEED_OFFSET = 1_000_003
 FIGURES_SEED_OFFSET = 2_000_003
@@ -73,7 +75,7 @@ def library_versions() -> Dict[str, str]:
             own = tomllib.loads(pyproject.read_text())["project"]["version"]
         except Exception:
             pass
-    return {"pyro_scenes": own, "torch": torch.__version__, "pyro": pyro.__version__}
+    return {"pyro_scenes": str(own), "torch": str(torch.__version__), "pyro": str(pyro.__version__)}
 
 
 def unique_parameters(*modules: torch.nn.Module) -> List[torch.nn.Parameter]:
@@ -191,6 +193,8 @@ class Trainer:
         self.stream = BatchStream(self.train_set, cfg["batch_size"], cfg["seed"], cfg["workers"], data_state)
         self.n_params = sum(p.numel() for p in self.params)
         self._figure_batch = None
+        self._verified_save = False
+        self._plotted_at = -float("inf")
         self._prepared = True
         return self
 
@@ -212,15 +216,30 @@ class Trainer:
             "device": str(self.device),
         }
 
-    def save(self, rng=None, data=None) -> Path:
+    def save(self, rng=None, data=None, final: bool = False) -> Path:
+        """Checkpoint (atomically), prune to ``keep``, and redraw loss.png (at most every
+        :data:`PLOT_EVERY_S` seconds, and always when ``final``)."""
         path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state(rng, data))
+        if not self._verified_save:  # once per run: the file must load back weights-only
+            try:
+                ckpt_mod.load_checkpoint(path)
+            except ckpt_mod.CheckpointError as e:
+                raise TrainingError(f"the checkpoint just written does not load back ({e}); a recipe's state "
+                                    f"(optimizer, scheduler, modules) holds objects torch.load(weights_only=True) "
+                                    f"refuses") from None
+            self._verified_save = True
         ckpt_mod.prune_checkpoints(self.run_dir.ckpt_dir, self.config["keep"])
         self._saved_at = self.step
+        if final or time.monotonic() - self._plotted_at >= PLOT_EVERY_S:
+            self.plot()
+        return path
+
+    def plot(self) -> None:
         try:
             plot_losses(self.run_dir.path)
         except Exception as e:  # a figure must never stop training
             self._warn(f"could not draw loss.png: {e}")
-        return path
+        self._plotted_at = time.monotonic()
 
     # ------------------------------------------------------------- evaluation
     def _modes(self, training: bool):
@@ -384,7 +403,7 @@ class Trainer:
                 self._check_loss(loss, first=self.step == start)
                 value = float(loss.detach())
                 if not math.isfinite(value):
-                    path = self.save(rng=snapshot[0], data=snapshot[1])
+                    path = self.save(rng=snapshot[0], data=snapshot[1], final=True)
                     raise TrainingError(f"the loss is {value} at step {self.step}; stopped. The state before "
                                         f"this step is in {path} (try a lower --lr or gradient clipping)")
                 loss.backward()
@@ -416,9 +435,10 @@ class Trainer:
             bar.close()
             path = None
             if phase == "pre":  # the step had not touched the parameters: save the state before it
-                path = self.save(rng=snapshot[0], data=snapshot[1])
+                path = self.save(rng=snapshot[0], data=snapshot[1], final=True)
             elif phase == "post":
-                path = self.save() if self._saved_at != self.step else ckpt_mod.find_checkpoint(self.run_dir.path)
+                path = (self.save(final=True) if self._saved_at != self.step
+                        else ckpt_mod.find_checkpoint(self.run_dir.path))
             else:
                 self._warn(f"interrupted inside the optimiser update of step {self.step}; no checkpoint written "
                            f"(the parameters may be half-updated)")
@@ -437,7 +457,11 @@ class Trainer:
             val = self._val(step_scheduler=False, final=True)
         if self._fig_at != self.step:
             last_figures = self.figures()
-        path = self.save() if self._saved_at != self.step else ckpt_mod.find_checkpoint(self.run_dir.path)
+        if self._saved_at != self.step:
+            path = self.save(final=True)
+        else:
+            path = ckpt_mod.find_checkpoint(self.run_dir.path)
+            self.plot()
         rd = self.run_dir
         figures = sorted(p for p in rd.figures_dir.rglob("*") if p.is_file()) if rd.figures_dir.exists() else []
         self.echo(f"done: step {self.step} | checkpoint {path} | log {rd.log_path} | "
