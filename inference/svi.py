@@ -69,19 +69,19 @@ def _check_dataset(recipe, dataset: str) -> None:
 
 
 def plan_new(model: Optional[str], dataset: Optional[str], out: Optional[str],
-             file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any]):
+             file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any], file_label: str = "--config"):
     """Validate a new run; returns ``(recipe, config, out_path)``. Touches no file."""
     if model is None:
         raise click.UsageError("missing --model (one of: " + _model_names() + ")")
     if "model" in file_config and file_config["model"] != model:
-        raise click.UsageError(f"--config is for model {file_config['model']!r}, not --model {model!r}")
+        raise click.UsageError(f"{file_label} is for model {file_config['model']!r}, not --model {model!r}")
     recipe = _get_recipe(model)
     dataset = dataset or file_config.get("dataset") or (recipe.datasets[0] if recipe.datasets else None)
     if dataset is None:
         raise click.ClickException(f"model {model!r} declares no datasets")
     _check_dataset(recipe, dataset)
     try:
-        config = resolve_config(recipe, dataset, file_config, flags, sets)
+        config = resolve_config(recipe, dataset, file_config, flags, sets, file_label=file_label)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     _validate(recipe, config)
@@ -101,7 +101,8 @@ def plan_new(model: Optional[str], dataset: Optional[str], out: Optional[str],
 
 
 def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str], device,
-                file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any]):
+                file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any],
+                file_label: str = "--config"):
     """Validate a resumed run; returns ``(recipe, config, out_path, checkpoint_dict, checkpoint_path)``."""
     if out is None:
         if model is None:
@@ -126,8 +127,8 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
         raise click.ClickException(f"--resume: {e}{hint}") from None
     run_model, run_dataset = ck["model"], ck["dataset"]
     for flag, asked, have in (("--model", model, run_model), ("--dataset", dataset, run_dataset),
-                              ("--config model", file_config.get("model"), run_model),
-                              ("--config dataset", file_config.get("dataset"), run_dataset)):
+                              (f"{file_label}: model", file_config.get("model"), run_model),
+                              (f"{file_label}: dataset", file_config.get("dataset"), run_dataset)):
         if asked is not None and asked != have:
             raise click.UsageError(f"{flag} {asked!r}: --out {out_path} holds a run of model {run_model!r} on "
                                    f"dataset {run_dataset!r}; nothing was changed. Use a new --out for another run")
@@ -135,11 +136,8 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
     reserved = [k for k in sets if k in RESERVED_KEYS]
     if reserved:
         raise click.UsageError(f"--set {reserved[0]}: use --{reserved[0]} instead")
-    requested = {k: v for k, v in file_config.items() if k not in RESERVED_KEYS}
-    requested.update(flags)
-    requested.update(sets)
     try:
-        config = resume_overrides(dict(ck["config"]), requested)
+        config = resume_overrides(dict(ck["config"]), (file_label, file_config), ("flags", flags), ("--set", sets))
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     _validate(recipe, config)
@@ -197,17 +195,18 @@ def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, confi
     try:
         set_values = parse_set(sets)
         file_config = load_config_file(config_file) if config_file else {}
+        file_label = f"--config {config_file}"
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     if resume:
         recipe, config, out_path, ck, ck_path = plan_resume(model, dataset, out, torch_device, file_config,
-                                                            flags, set_values)
+                                                            flags, set_values, file_label)
         if ck["step"] >= config["steps"]:
             click.echo(f"{out_path}: the run is already at step {ck['step']} of {config['steps']}; nothing to do "
                        f"(pass a larger --steps to train on). Latest checkpoint: {ck_path}")
             return
     else:
-        recipe, config, out_path = plan_new(model, dataset, out, file_config, flags, set_values)
+        recipe, config, out_path = plan_new(model, dataset, out, file_config, flags, set_values, file_label)
         ck = None
     trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo)
     try:

@@ -108,9 +108,13 @@ def _json_kind(value: Any) -> str:
 
 
 def coerce(key: str, value: Any, default: Any, source: str) -> Any:
-    """Check ``value`` has the JSON type of ``default`` (an int is accepted for a float); ``None`` defaults accept anything."""
+    """Check ``value`` has the JSON type of ``default`` (an int is accepted for a float).
+
+    ``null`` is accepted for any key and any value for a key whose default is ``null``; the
+    recipe's ``validate_config`` decides whether that is meaningful.
+    """
     want, got = _json_kind(default), _json_kind(value)
-    if want == "null" or want == got:
+    if want == "null" or got == "null" or want == got:
         return value
     if want == "float" and got == "int":
         return float(value)
@@ -145,11 +149,11 @@ def merge(base: Dict[str, Any], overrides: Mapping[str, Any], source: str) -> Di
 
 def resolve_config(recipe, dataset: str, file_config: Optional[Mapping[str, Any]] = None,
                    flags: Optional[Mapping[str, Any]] = None,
-                   sets: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+                   sets: Optional[Mapping[str, Any]] = None, file_label: str = "--config") -> Dict[str, Any]:
     """defaults(dataset) < ``file_config`` < ``flags`` (config key -> value, only those given) < ``sets``."""
     config = defaults_for(recipe, dataset)
     file_config = {k: v for k, v in (file_config or {}).items() if k not in RESERVED_KEYS}
-    config = merge(config, file_config, "--config")
+    config = merge(config, file_config, file_label)
     for key, value in (flags or {}).items():
         if key not in config:
             flag = next(f for f, k in FLAG_KEYS.items() if k == key)
@@ -197,16 +201,25 @@ def validate_trainer_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config is not JSON-serialisable: {e}") from None
 
 
-def resume_overrides(run_config: Mapping[str, Any], requested: Mapping[str, Any]) -> Dict[str, Any]:
-    """Apply ``requested`` (key -> value, from --config/flags/--set) to a resumed run's config.
+def resume_overrides(run_config: Mapping[str, Any], *sources) -> Dict[str, Any]:
+    """Apply ``(label, {key: value})`` sources (--config file, flags, --set; later wins) to a resumed
+    run's config.
 
     Only :data:`RESUMABLE_KEYS` may change; any other key whose value differs raises
     :class:`ConfigError` (changing it would not continue the same run).
     """
     out = dict(run_config)
-    check_keys(requested, {k: None for k in run_config if k not in RESERVED_KEYS}, "--resume")
+    valid = {k: None for k in run_config if k not in RESERVED_KEYS}
+    requested: Dict[str, Any] = {}
+    for label, values in sources:
+        values = {k: v for k, v in values.items() if k not in RESERVED_KEYS}
+        if label != "flags":
+            check_keys(values, valid, label)
+        for key, value in values.items():
+            if key not in valid:
+                raise ConfigError(f"{FLAG_NAME.get(key, key)}: the run has no {key!r} setting")
+            requested[key] = coerce(key, value, run_config[key], label if label != "flags" else FLAG_NAME[key])
     for key, value in requested.items():
-        value = coerce(key, value, run_config[key], FLAG_NAME.get(key, key))
         if value == run_config[key]:
             continue
         if key not in RESUMABLE_KEYS:
