@@ -1,0 +1,333 @@
+"""GNM on the multi-digit and Arrow scenes: config, data, loss (with its handlers), LL and figures.
+
+The training loss is the authors' objective (SPEC.md; supplement eqs. (1)-(5)), per image and
+averaged over the batch::
+
+    loss = -E_q[log N(x; render(z), 0.2)]            (x summed over pixels)
+           + beta_g(step) * sum_l KL(q(z^g_l) || p(z^g_l | z^g_<l))
+           + KL_pres (analytic Bernoulli) + KL_where + KL_depth + KL_what  (vs p(z^s | f), not masked)
+           + KL(q(z_bg) || p(z_bg | z^g))                                         (Arrow)
+           + aux: KL(q_pres || Ber(rho(step))) + z_pres * [beta_where(step) KL(q_where || N(mu, sd))
+                  + KL(q_depth || N(0,1)) + KL(q_what || N(0,1))] + beta_b(step) KL(q_bg || N(0,1))
+
+computed by ``TraceMeanField_ELBO().differentiable_loss`` on the Pyro model and guide under four
+handlers: :class:`~inference.handlers.scale.ScaleSites` (``z_g_*`` by beta_g, model AND guide),
+:class:`~inference.handlers.temperature.RelaxationTemperature` (z_pres, model and guide),
+:class:`~inference.handlers.aux_kl.AuxiliaryKL` (guide) and, for Arrow,
+:class:`~inference.handlers.curriculum.FixedMaskCurriculum` (model).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import torch
+
+from inference.recipes.base import Recipe
+
+_MNIST = ("mnist4", "mnist10", "mnist4-10")
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("PYRO_SCENES_CACHE", str(Path.home() / ".cache" / "pyro_scenes"))
+
+
+class GNMRecipe(Recipe):
+    """``python -m inference.svi --model gnm --dataset mnist4`` (see docs/gnm.md)."""
+
+    name = "gnm"
+    datasets = ("mnist4", "mnist10", "mnist4-10", "arrow")
+
+    # ------------------------------------------------------------------ config
+    def default_config(self, dataset: str) -> Dict:
+        arrow = dataset == "arrow"
+        return dict(
+            dataset=dataset,
+            # architecture: the CPU presets by default (64x64); "mnist"/"arrow" are the authors' 128x128
+            preset="arrow-cpu" if arrow else "cpu",
+            image_size=64,
+            draw_steps=4,  # 8: GNM-8 (supplement Table 1)
+            z_what_dim=32 if arrow else 20,
+            # data
+            num_train=60_000, num_val=6_000, cache_dir=default_cache_dir(),
+            # optimisation (SPEC.md)
+            batch_size=32, lr=1e-4, grad_clip=1.0,
+            # beta_g: 0 -> beta_g_end over beta_g_steps (beta_g_end = 2: GNM-beta-2)
+            beta_g_end=1.0, beta_g_steps=100_000,
+            # z_pres Concrete temperature: tau_start -> tau_end over steps tau_begin..tau_finish
+            tau_start=1.0, tau_end=0.5, tau_begin=1_000, tau_finish=20_000,
+            # auxiliary KLs (supplement eqs. (3)-(5))
+            rho_start=0.1, rho_end=0.001, rho_steps=4_000,
+            aux_where_mean=[-1.5 if arrow else -1.6, 0.0, 0.0, 0.0],
+            aux_where_std=[0.1, 0.3, 1.0, 1.0],
+            aux_where_beta_start=10.0 if arrow else 1.0, aux_where_beta_steps=500,
+            aux_bg_beta_start=50.0, aux_bg_beta_steps=50_000,
+            aux_gate_min=1e-5,
+            # fixed-mask curriculum (Arrow)
+            curriculum=arrow, curriculum_steps=500, curriculum_alpha=0.9, curriculum_pres_max=0.99,
+            # evaluation
+            ll_particles=100,
+        )
+
+    def model_config(self, config: Dict):
+        from pyro_scenes.gnm import preset
+
+        overrides = dict(draw_steps=config["draw_steps"], z_what_dim=config["z_what_dim"])
+        name = config["preset"]
+        from pyro_scenes.gnm.config import PRESETS
+
+        if name not in PRESETS:
+            raise ValueError(f"preset {name!r}: choose one of {', '.join(PRESETS)}")
+        if config["image_size"] != PRESETS[name].image_size:
+            raise ValueError(f"image_size={config['image_size']} but preset {name!r} is built for "
+                             f"{PRESETS[name].image_size}x{PRESETS[name].image_size} images; set both (e.g. "
+                             f"--set preset=mnist --image-size 128)")
+        cfg = preset(name, **overrides)
+        want = 3 if config["dataset"] == "arrow" else 1
+        if cfg.channels != want:
+            raise ValueError(f"preset {name!r} has {cfg.channels} channel(s) but dataset {config['dataset']!r} has {want}")
+        return cfg
+
+    def validate_config(self, config: Dict) -> None:
+        for key in ["draw_steps", "z_what_dim", "num_train", "num_val", "batch_size", "beta_g_steps", "rho_steps",
+                    "ll_particles", "image_size"]:
+            v = config[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key} must be a positive integer, got {v!r}")
+        for key in ["lr", "grad_clip", "tau_start", "rho_start", "rho_end", "curriculum_alpha", "curriculum_pres_max"]:
+            v = config[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{key} must be a positive number, got {v!r}")
+        for key in ["tau_end", "beta_g_end", "aux_where_beta_start", "aux_bg_beta_start", "aux_gate_min"]:
+            v = config[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{key} must be a number >= 0, got {v!r}")
+        for key in ["tau_begin", "tau_finish", "aux_where_beta_steps", "aux_bg_beta_steps", "curriculum_steps"]:
+            v = config[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
+        if config["tau_finish"] < config["tau_begin"]:
+            raise ValueError("tau_finish must be >= tau_begin")
+        if not (config["rho_start"] < 1 and config["rho_end"] < 1):
+            raise ValueError("rho_start and rho_end must lie in (0, 1)")
+        for key in ["aux_where_mean", "aux_where_std"]:
+            v = config[key]
+            if not (isinstance(v, list) and len(v) == 4 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v)):
+                raise ValueError(f"{key} must be a list of 4 numbers, got {v!r}")
+        if min(config["aux_where_std"]) <= 0:
+            raise ValueError("aux_where_std must be positive")
+        if not isinstance(config["curriculum"], bool):
+            raise ValueError(f"curriculum must be true or false, got {config['curriculum']!r}")
+        self.model_config(config).validate()
+
+    # ------------------------------------------------------------------ build
+    def build(self, config: Dict, device: torch.device):
+        from guides import GNMGuide
+        from pyro_scenes import GNM
+
+        model = GNM(self.model_config(config)).to(device)
+        guide = GNMGuide(model).to(device)
+        return model, guide
+
+    def make_dataset(self, config: Dict, split: str):
+        from datasets import make_dataset
+
+        size = {"train": config["num_train"], "val": config["num_val"], "test": config["num_val"]}[split]
+        ds = make_dataset(config["dataset"], split=split, num_scenes=size, image_size=config["image_size"], seed=config["seed"])
+        if config.get("cache_dir"):
+            from datasets.cache import cached
+
+            return cached(ds, Path(config["cache_dir"]) / "datasets")
+        return ds
+
+    def make_optimizer(self, params, config: Dict) -> torch.optim.Optimizer:
+        return torch.optim.RMSprop(params, lr=config["lr"])
+
+    def grad_clip_norm(self, config: Dict):
+        return float(config["grad_clip"])
+
+    # ------------------------------------------------------------------ loss
+    def schedules(self, config: Dict) -> Dict:
+        """Every annealed quantity as a schedule ``step -> value`` (SPEC.md "Schedules")."""
+        from inference.schedules import Constant, Linear
+
+        return {
+            "beta_g": Linear(0.0, config["beta_g_end"], 0, config["beta_g_steps"]),
+            "tau": Linear(config["tau_start"], config["tau_end"], config["tau_begin"], config["tau_finish"]),
+            "rho": Linear(config["rho_start"], config["rho_end"], 0, config["rho_steps"]),
+            "beta_where": Linear(config["aux_where_beta_start"], 1.0, 0, config["aux_where_beta_steps"]),
+            "beta_bg": Linear(config["aux_bg_beta_start"], 1.0, 0, config["aux_bg_beta_steps"]),
+            "one": Constant(1.0),
+        }
+
+    def aux_terms(self, config: Dict, model) -> Dict:
+        """The auxiliary KL terms of supplement eqs. (3)-(4) against fixed priors, for ``model`` (a GNM)."""
+        import pyro.distributions as dist
+
+        from inference.handlers.aux_kl import AuxTerm
+
+        model_cfg = model.cfg
+        device = next(model.parameters()).device
+        s = self.schedules(config)
+        mean = torch.tensor(config["aux_where_mean"], device=device)
+        std = torch.tensor(config["aux_where_std"], device=device)
+        zero, one = torch.zeros((), device=device), torch.ones((), device=device)
+        gate = dict(gate="z_pres", gate_min=config["aux_gate_min"] or None)
+        terms = {
+            "z_pres": AuxTerm(prior=lambda step: dist.Bernoulli(probs=torch.tensor(s["rho"](step), device=device))),
+            "z_where": AuxTerm(prior=lambda step: dist.Normal(mean, std).to_event(1), weight=s["beta_where"], **gate),
+            "z_depth": AuxTerm(prior=lambda step: dist.Normal(zero, one).expand([model_cfg.z_depth_dim]).to_event(1), **gate),
+            "z_what": AuxTerm(prior=lambda step: dist.Normal(zero, one).expand([model_cfg.z_what_dim]).to_event(1), **gate),
+        }
+        if model_cfg.background:
+            terms["z_bg"] = AuxTerm(prior=lambda step: dist.Normal(zero, one).expand([model_cfg.z_bg_dim]).to_event(1), weight=s["beta_bg"])
+        return terms
+
+    def handlers(self, model, guide, step: int, config: Dict) -> Tuple:
+        """``(wrapped model, wrapped guide, aux messenger)`` for the loss at ``step``."""
+        from inference.handlers.aux_kl import AuxiliaryKL
+        from inference.handlers.curriculum import FixedMaskCurriculum
+        from inference.handlers.scale import ScaleSites
+        from inference.handlers.temperature import RelaxationTemperature
+
+        s = self.schedules(config)
+        scale = ScaleSites({"z_g_*": s["beta_g"]}, step=step)
+        tau = RelaxationTemperature(s["tau"], step=step, pattern="z_pres")
+        aux = AuxiliaryKL(self.aux_terms(config, model), step=step)
+        wrapped_model = scale(tau(model))
+        if config["curriculum"]:
+            wrapped_model = FixedMaskCurriculum(step=step, begin=0, end=config["curriculum_steps"], alpha=config["curriculum_alpha"],
+                                                pres_max=config["curriculum_pres_max"])(wrapped_model)
+        wrapped_guide = scale(tau(aux(guide)))
+        return wrapped_model, wrapped_guide, aux
+
+    def loss(self, model, guide, images, step, config):
+        from pyro.infer import TraceMeanField_ELBO
+
+        m, g, aux = self.handlers(model, guide, step, config)
+        B = images.shape[0]
+        loss = TraceMeanField_ELBO(max_plate_nesting=2).differentiable_loss(m, g, images) / B
+        s = self.schedules(config)
+        logs = {"beta_g": s["beta_g"](step), "tau": s["tau"](step), "rho": s["rho"](step)}
+        logs.update({f"aux_kl_{k}": v / B for k, v in aux.values.items()})
+        return loss, logs
+
+    # ------------------------------------------------------------------ evaluation
+    def log_likelihood(self, model, guide, images, config, num_particles=None, batch_particles=10, relaxed=False):
+        """Importance-weighted log p(x) per image (nats). z_pres is drawn HARD (Bernoulli) and scored
+        by its Bernoulli mass, a proper estimator for GNM's discrete z_pres; ``relaxed=True`` draws it
+        at the final Concrete temperature instead, scoring it with the same formula (the authors' way)."""
+        from inference.handlers.temperature import RelaxationTemperature
+        from inference.likelihood import importance_log_likelihood
+
+        K = config.get("ll_particles", 100) if num_particles is None else num_particles
+        with RelaxationTemperature(config["tau_end"] if relaxed else 0.0):
+            return importance_log_likelihood(model, guide, images, num_particles=K, batch_particles=batch_particles, max_plate_nesting=2)
+
+    def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return gnm_figures(model, guide, images[:8], Path(out_dir), prefix="gnm_")
+
+
+# ---------------------------------------------------------------------- figures
+@torch.no_grad()
+def reconstruct(model, guide, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Deterministic reconstruction: guide at its mode (q means, z_pres = q prob > 0.5), model replayed."""
+    from pyro import poutine
+
+    from inference.handlers.temperature import RelaxationTemperature
+
+    with RelaxationTemperature(0.0):
+        tr = poutine.trace(guide).get_trace(images, mode=True)
+        recon = poutine.replay(model, trace=tr)(images)
+    info = guide.infer(images)
+    info["recon"] = recon
+    return info
+
+
+@torch.no_grad()
+def resample_zs(model, z_g: Dict[str, torch.Tensor], num: int) -> torch.Tensor:
+    """Images with z^g fixed and z^s (and z_bg) resampled ``num`` times: ``(num, B, C, H, W)``."""
+    import pyro
+
+    from inference.handlers.temperature import RelaxationTemperature
+
+    B = next(iter(z_g.values())).shape[0]
+    with RelaxationTemperature(0.0):
+        return torch.stack([pyro.condition(model, data=z_g)(batch_size=B, mode=False) for _ in range(num)])
+
+
+def _to_rgb(x: torch.Tensor):
+    x = x.detach().clamp(0, 1).cpu()
+    if x.shape[0] == 1:
+        x = x.expand(3, -1, -1)
+    return x.permute(1, 2, 0).numpy()
+
+
+def gnm_figures(model, guide, images: torch.Tensor, out_dir: Path, prefix: str = "gnm_", num_resample: int = 6) -> List[Path]:
+    """Three figures: reconstructions with inferred boxes, generations, z^s resampling (supp. Fig. 5/6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+    from pyro import poutine
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    was = model.training, guide.training
+    model.eval(), guide.eval()
+    paths = []
+    try:
+        n = images.shape[0]
+        info = reconstruct(model, guide, images)
+        fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
+        for i in range(n):
+            axes[0, i].imshow(_to_rgb(images[i]))
+            axes[1, i].imshow(_to_rgb(info["recon"][i]))
+            for k in range(info["boxes"].shape[1]):
+                if info["pres"][i, k] > 0:
+                    x0, y0, x1, y1 = info["boxes"][i, k].tolist()
+                    for ax in axes[:, i]:
+                        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1, ec="lime"))
+            for ax in axes[:, i]:
+                ax.set_xticks([]), ax.set_yticks([])
+        axes[0, 0].set_ylabel("input + boxes")
+        axes[1, 0].set_ylabel("reconstruction")
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}reconstructions.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+        gen = model.sample(16)
+        fig, axes = plt.subplots(2, 8, figsize=(12.8, 3.4), squeeze=False)
+        for i, ax in enumerate(axes.flat):
+            ax.imshow(_to_rgb(gen[i])), ax.set_xticks([]), ax.set_yticks([])
+        fig.suptitle("generations (z^g ~ prior, mode z^s)")
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}generations.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+
+        rows = min(3, n)
+        L = model.cfg.draw_steps
+        post = {f"z_g_{l + 1}": info["z_g"][:rows, l].unsqueeze(-2) for l in range(L)}
+        prior_trace = poutine.trace(model).get_trace(batch_size=rows)
+        prior = {f"z_g_{l + 1}": prior_trace.nodes[f"z_g_{l + 1}"]["value"] for l in range(L)}
+        grids = [("z^g inferred", resample_zs(model, post, num_resample)), ("z^g from the prior", resample_zs(model, prior, num_resample))]
+        fig, axes = plt.subplots(2 * rows, num_resample, figsize=(1.6 * num_resample, 1.7 * 2 * rows), squeeze=False)
+        for g, (title, imgs) in enumerate(grids):
+            for r in range(rows):
+                for c in range(num_resample):
+                    ax = axes[g * rows + r, c]
+                    ax.imshow(_to_rgb(imgs[c, r])), ax.set_xticks([]), ax.set_yticks([])
+                axes[g * rows + r, 0].set_ylabel(title if r == 0 else "", fontsize=7)
+        fig.suptitle("z^s resampled with z^g fixed (each row one z^g)")
+        fig.tight_layout()
+        paths.append(out_dir / f"{prefix}zs_resampling.png")
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    finally:
+        model.train(was[0]), guide.train(was[1])
+    return paths
