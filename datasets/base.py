@@ -105,6 +105,12 @@ class SceneDataset(Dataset):
             raise IndexError(f"index {index} out of range for {self.num_scenes} scenes")
         return {k: v[0] for k, v in self._generate(np.array([index], dtype=np.int64)).items()}
 
+    def __getitems__(self, indices) -> list:
+        """Batched fetch used by :class:`torch.utils.data.DataLoader` (torch >= 2.0): renders
+        the whole batch with :meth:`generate`; ``default_collate`` then stacks the items."""
+        batch = self.generate(list(indices))
+        return [{k: v[j] for k, v in batch.items()} for j in range(len(indices))]
+
     def iter_batches(self, batch_size: int, shuffle: bool = False,
                      generator: torch.Generator | None = None) -> Iterator[Batch]:
         """Yield batched dicts (the fast path for training loops without a DataLoader)."""

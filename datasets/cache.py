@@ -209,6 +209,10 @@ class CachedDataset(Dataset):
         return {k: torch.from_numpy(_decode(self._arrays[k][idx], m))
                 for k, m in self.fields.items()}
 
+    def __getitems__(self, indices) -> list:
+        batch = self.generate(list(indices))
+        return [{k: v[j] for k, v in batch.items()} for j in range(len(indices))]
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if not -self.num_scenes <= index < self.num_scenes:
