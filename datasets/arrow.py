@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from ._rng import ItemRNG
-from .base import Batch, SceneDataset, boxes_from_masks, check_int, layer, pixel_grid, upsample_bilinear
+from .base import (Batch, SceneDataset, boxes_from_masks, check_int, layer, pixel_grid,
+                   upsample_bilinear)
 from .errors import DatasetError
 
 CUBE, SPHERE, CYLINDER = 0, 1, 2

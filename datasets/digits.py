@@ -75,7 +75,8 @@ class _DigitBank:
         idx = self.select_indices(labels, u)
         return self.resized(size)[idx]
 
-    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, labels: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
         """Random instances of the given labels: (N, 28, 28) float in [0, 1]."""
         labels = torch.as_tensor(labels).long()
         u = torch.rand(labels.shape, generator=generator, dtype=torch.float64)

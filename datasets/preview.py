@@ -19,7 +19,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from .errors import DatasetError
 from .registry import DATASET_NAMES, make_dataset

@@ -50,7 +50,7 @@ def shape_coverage(cls: int, cx: torch.Tensor, cy: torch.Tensor, s: torch.Tensor
             return (s - d + 0.5).clamp_(0, 1)
         return (d <= s).float()
     if cls == TRIANGLE:
-        # upright isosceles triangle: apex (cx, cy - s), base from (cx - s, cy + s) to (cx + s, cy + s)
+        # upright isosceles triangle: apex (cx, cy - s), base (cx -+ s, cy + s)
         base = ys - (cy + s)
         side = ((xs - cx).abs() - (ys - cy + s) * 0.5) * _INV_SQRT5x2
         sd = torch.maximum(base, side)

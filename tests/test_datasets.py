@@ -1,13 +1,9 @@
 """Generators: rules, ground truth, determinism, bad settings (datasets package)."""
-import math
-
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, default_collate
 
-import datasets
 from datasets import (DATASET_NAMES, ArrowScenes, DatasetError, MultiDigit, Sprites,
                       make_dataset)
 from datasets.sprites import UNIQUE_COLORS
@@ -124,7 +120,8 @@ def test_sprites_random_colours_and_antialias():
     hard = Sprites(4, seed=0, antialias=False).generate(range(4))
     assert torch.equal(soft["labels"], hard["labels"])
     for b in range(4):
-        pure = set(map(tuple, hard["colors"][b].tolist())) | {tuple(hard["background_color"][b].tolist())}
+        pure = set(map(tuple, hard["colors"][b].tolist()))
+        pure.add(tuple(hard["background_color"][b].tolist()))
         pix = set(map(tuple, hard["image"][b].permute(1, 2, 0).reshape(-1, 3).tolist()))
         assert pix <= pure
         pix_soft = set(map(tuple, soft["image"][b].permute(1, 2, 0).reshape(-1, 3).tolist()))
@@ -223,7 +220,9 @@ def test_mnist4_10_mix_and_padding():
     assert (batch["num_objects"][four] == 4).all() and (batch["num_objects"][~four] == 10).all()
     assert (batch["labels"][four][:, 4:] == -1).all()
     assert not batch["valid"][four][:, 4:].any() and not batch["masks"][four][:, 4:].any()
-    assert (batch["rule_params"][four, 0] >= 0).all() and (batch["rule_params"][~four, 0] == -1).all()
+    rp = batch["rule_params"]
+    assert (rp[four, 0] >= 0).all() and (rp[~four, 0] == -1).all()
+    assert (rp[four, 1:] == -1).all() and (rp[~four, 1:] >= 0).all()
     lab4 = batch["labels"][four][:, :4]
     assert torch.equal(lab4, lab4[:, :1] + torch.arange(4))
 
