@@ -4,11 +4,13 @@
 
 Inference runs from the front layer t = T down to 1. At each step every expert attends
 (region r~ = s_t * sigmoid(a_k(x, s_t)), eq. 9), encodes its region (q(z_t | x, r~, k)) and
-decodes its own sample z~ = mu + sigma * eps. These K proposals are scored with the competition
-terms of section 5.2 and attached to the site ``k_t``; the site's own distribution is the
+decodes its own sample z~ = mu + sigma * eps. These K proposals are scored (without gradients)
+with the competition terms of section 5.2 and attached to the site ``k_t``; the site's own distribution is the
 stochastic competition ``q(k_t) = softmax(-(lambda L^_x,t(k) + L^_r,t(k)))``. During training
 the :class:`inference.handlers.Competition` messenger replaces it by a point mass at the winner
-so only the winner's terms enter the loss. The last step (t = 1) takes the remaining scope as
+so only the winner's terms enter the loss; the winner's region and posterior are then
+recomputed with its own weights alone, so backpropagation never touches the losers (and costs
+one expert, not K). The last step (t = 1) takes the remaining scope as
 region for every expert (footnote 7). The scope update is eq. (14) with the attention output
 alpha: ``s_{t-1} = s_t * (1 - alpha) = s_t - r~_t``, so the regions partition the image.
 """
@@ -99,6 +101,21 @@ class ECONGuide(nn.Module):
         out = dict(regions=regions, loc=loc, scale=scale, noise=noise, mu=mu, shape=shape, L_x=L_x, L_r=L_r)
         return {name: v.reshape(*lead, K, *v.shape[2:]) for name, v in out.items()}
 
+    def explain(self, x: torch.Tensor, scope: torch.Tensor, k: torch.Tensor, last: bool):
+        """The winners' region r~ and q(z | x, r~, k) parameters, with gradients.
+
+        Only the chosen expert of each item is evaluated (per-item weights), so backpropagation
+        touches the winners alone. ``k`` (..., B) -> region (..., B, 1, H, W), loc, scale (..., B, L).
+        """
+        H = self.model.image_size
+        batch = torch.broadcast_shapes(scope.shape[:-3], k.shape)
+        xs = x.expand(*batch, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
+        s = scope.expand(*batch, 1, H, H).reshape(-1, 1, H, H)
+        flat_k = k.expand(batch).reshape(-1)
+        region = s if last else s * torch.sigmoid(self.attention(xs, s, experts=flat_k))
+        loc, log_var = self.encoder(xs, region, experts=flat_k)
+        return region.reshape(*batch, 1, H, H), loc.reshape(*batch, -1), torch.exp(0.5 * log_var).reshape(*batch, -1)
+
     def forward(self, x: torch.Tensor, batch_size: Optional[int] = None, num_layers: Optional[int] = None) -> torch.Tensor:
         model = self.model
         if x is None:
@@ -110,12 +127,14 @@ class ECONGuide(nn.Module):
         with pyro.plate("batch", B, dim=-1):
             scope = x.new_ones(B, 1, H, H)
             for t in range(T, 0, -1):
-                p = self.propose(x, scope, last=(t == 1))
-                terms = {"L_x": p["L_x"].detach(), "L_r": p["L_r"].detach()}
+                last = t == 1
+                with torch.no_grad():  # the competition only scores; it is not differentiated
+                    p = self.propose(x, scope, last)
+                terms = {"L_x": p["L_x"], "L_r": p["L_r"]}
                 logits = -(self.competition_lambda * terms["L_x"] + terms["L_r"])
                 k = pyro.sample(f"k_{t}", dist.Categorical(logits=logits), infer={"competition": terms})
-                loc, scale, noise = (take_expert(p[n], k, 1) for n in ("loc", "scale", "noise"))
-                pyro.sample(f"z_{t}", PresampledNormal(loc, scale, noise).to_event(1))
-                r = pyro.sample(f"r_{t}", RegionMean(take_expert(p["regions"], k, 3)).to_event(3))
+                region, loc, scale = self.explain(x, scope, k, last)
+                pyro.sample(f"z_{t}", PresampledNormal(loc, scale, take_expert(p["noise"], k, 1)).to_event(1))
+                r = pyro.sample(f"r_{t}", RegionMean(region).to_event(3))
                 scope = scope - r
         return scope

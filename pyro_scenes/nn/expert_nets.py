@@ -54,25 +54,30 @@ class ExpertAttention(nn.Module):
         self.out = ExpertConv2d(K, c, 1, 1)
         self.num_experts = K
 
-    def forward(self, x: torch.Tensor, scope: torch.Tensor) -> torch.Tensor:
-        """``x`` (N,C,H,W), ``scope`` (N,1,H,W) -> logits (N,K,1,H,W)."""
+    def forward(self, x: torch.Tensor, scope: torch.Tensor, experts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x`` (N,C,H,W), ``scope`` (N,1,H,W) -> logits (N,K,1,H,W), or (N,1,H,W) from expert
+        ``experts[n]`` for item n when ``experts`` (N,) is given."""
         h = torch.cat([x, scope], dim=1)  # shared by all experts: the first conv is a plain conv
+        select = experts is not None
+        norm_relu = (lambda a: F.relu(F.instance_norm(a))) if select else _instance_relu
+        resize = (lambda a, f: F.interpolate(a, scale_factor=f, mode="nearest")) if select else _resize
         skips = []
         for i, conv in enumerate(self.down):
-            h = _instance_relu(conv(h))
+            h = norm_relu(conv(h, experts=experts))
             skips.append(h)
             if i < len(self.down) - 1:
-                h = _resize(h, 0.5)
-        n, K = h.shape[:2]
-        flat = h.reshape(n, K, -1)
-        for i, lin in enumerate(self.mlp):
-            flat = F.relu(lin(flat))
-        h = flat.reshape(h.shape)
+                h = resize(h, 0.5)
+        shape = h.shape
+        flat = h.reshape(shape[0], -1) if select else h.reshape(*shape[:2], -1)
+        for lin in self.mlp:
+            flat = F.relu(lin(flat, experts=experts))
+        h = flat.reshape(shape)
+        channel_dim = 1 if select else 2
         for i, conv in enumerate(self.up):
-            h = _instance_relu(conv(torch.cat([h, skips[-1 - i]], dim=2)))
+            h = norm_relu(conv(torch.cat([h, skips[-1 - i]], dim=channel_dim), experts=experts))
             if i < len(self.up) - 1:
-                h = _resize(h, 2.0)
-        return self.out(h)
+                h = resize(h, 2.0)
+        return self.out(h, experts=experts)
 
 
 class ExpertEncoder(nn.Module):
@@ -93,13 +98,20 @@ class ExpertEncoder(nn.Module):
         self.fc2 = ExpertLinear(K, 4 * latent_dim, 2 * latent_dim)
         self.latent_dim = latent_dim
 
-    def forward(self, x: torch.Tensor, regions: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``x`` (N,C,H,W), ``regions`` (N,K,1,H,W) -> mean, log-variance, each (N,K,L)."""
-        n, K = regions.shape[:2]
-        h = torch.cat([x.unsqueeze(1).expand(n, K, *x.shape[1:]), regions], dim=2)
-        for conv in self.convs:
-            h = split_experts(F.max_pool2d(F.relu(merge_experts(conv(h))), 2), K)
-        h = self.fc2(F.relu(self.fc1(h.reshape(n, K, -1))))
+    def forward(self, x: torch.Tensor, regions: torch.Tensor, experts: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (N,C,H,W), ``regions`` (N,K,1,H,W) -> mean, log-variance, each (N,K,L); or with
+        ``experts`` (N,) and ``regions`` (N,1,H,W): expert ``experts[n]`` on item n -> (N,L) each."""
+        if experts is not None:
+            h = torch.cat([x, regions], dim=1)
+            for conv in self.convs:
+                h = F.max_pool2d(F.relu(conv(h, experts=experts)), 2)
+            h = self.fc2(F.relu(self.fc1(h.reshape(h.shape[0], -1), experts=experts)), experts=experts)
+        else:
+            n, K = regions.shape[:2]
+            h = torch.cat([x.unsqueeze(1).expand(n, K, *x.shape[1:]), regions], dim=2)
+            for conv in self.convs:
+                h = split_experts(F.max_pool2d(F.relu(merge_experts(conv(h))), 2), K)
+            h = self.fc2(F.relu(self.fc1(h.reshape(n, K, -1))))
         return h[..., : self.latent_dim], h[..., self.latent_dim :]
 
 

@@ -1,0 +1,104 @@
+"""ECON on the sprites (ECON appendix C): config, data, loss and figures for the trainer."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from inference.recipes.base import Recipe
+
+#: Appendix C.4's best models: latent size, beta, gamma, layers and features. lambda: the paper
+#: competes on L_x + L_r for unique colours (lambda = 1) and on L_r alone for random colours
+#: (lambda = 0). sigma_x = 0.1 (the MONet range; the paper leaves it open).
+PAPER_SETTINGS = {
+    "sprites-unique": dict(latent_dim=2, layers=4, features=32, beta=9.54, gamma=0.52, lam=1.0),
+    "sprites-random": dict(latent_dim=5, layers=3, features=32, beta=1.0, gamma=3.26, lam=0.0),
+}
+
+#: The CPU default keeps the paper's objective, K, T, latent size, beta, gamma and optimiser but
+#: shrinks the networks and images so a laptop CPU trains it: 32x32 images (the paper leaves the
+#: size open), 16 features, 3 conv blocks, a 3-block U-Net with 16 filters. ``--set`` restores
+#: the paper's networks (``decoder_features=32 encoder_features=32 attention_filters=32
+#: attention_blocks=4 decoder_layers=4 encoder_layers=4``, 64x64 with ``--image-size 64``).
+CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=16, attention_blocks=3)
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("PYRO_SCENES_CACHE", str(Path.home() / ".cache" / "pyro_scenes"))
+
+
+class ECONRecipe(Recipe):
+    name = "econ"
+    datasets = ("sprites-unique", "sprites-random")
+
+    def default_config(self, dataset: str) -> Dict:
+        s = PAPER_SETTINGS[dataset]
+        return dict(
+            dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=default_cache_dir(),
+            steps=3000, batch_size=32, lr=5e-4, seed=0,
+            num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
+            **CPU_NETWORKS,
+            beta=s["beta"], gamma=s["gamma"], lam=s["lam"], greedy=False,
+            plateau_patience=5, plateau_factor=1 / math.sqrt(10),
+        )
+
+    def validate_config(self, config: Dict) -> None:
+        positive_int = ["image_size", "num_train", "num_val", "steps", "batch_size", "num_experts", "num_layers", "latent_dim",
+                        "decoder_features", "decoder_layers", "encoder_features", "encoder_layers", "attention_filters", "attention_blocks",
+                        "plateau_patience"]
+        for key in positive_int:
+            if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
+                raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
+        for key in ["lr", "sigma_x", "plateau_factor"]:
+            if not isinstance(config[key], (int, float)) or not config[key] > 0:
+                raise ValueError(f"{key} must be a positive number, got {config[key]!r}")
+        for key in ["beta", "gamma", "lam"]:
+            if not isinstance(config[key], (int, float)) or config[key] < 0:
+                raise ValueError(f"{key} must be a number >= 0, got {config[key]!r}")
+        if config["plateau_factor"] >= 1:
+            raise ValueError("plateau_factor must be < 1")
+        size = config["image_size"]
+        if size % 2 ** config["encoder_layers"] or size % 2 ** (config["attention_blocks"] - 1):
+            raise ValueError(f"image_size {size} must be divisible by 2**encoder_layers and 2**(attention_blocks - 1)")
+
+    def build(self, config: Dict, device: torch.device):
+        from guides import ECONGuide
+        from pyro_scenes import ECON
+
+        model = ECON(num_experts=config["num_experts"], num_layers=config["num_layers"], latent_dim=config["latent_dim"],
+                     image_size=config["image_size"], channels=3, decoder_features=config["decoder_features"],
+                     decoder_layers=config["decoder_layers"], sigma_x=config["sigma_x"]).to(device)
+        guide = ECONGuide(model, attention_filters=config["attention_filters"], attention_blocks=config["attention_blocks"],
+                          encoder_features=config["encoder_features"], encoder_layers=config["encoder_layers"],
+                          competition_lambda=config["lam"]).to(device)
+        return model, guide
+
+    def make_dataset(self, config: Dict, split: str):
+        from datasets import make_dataset
+        from datasets.cache import cached
+
+        size = {"train": config["num_train"], "val": config["num_val"], "test": max(config["num_val"], 1000)}[split]
+        ds = make_dataset(config["dataset"], split=split, num_scenes=size, image_size=config["image_size"], seed=config["seed"])
+        return cached(ds, Path(config["cache_dir"]) / "datasets") if config.get("cache_dir") else ds
+
+    def make_optimizer(self, params, config: Dict) -> torch.optim.Optimizer:
+        return torch.optim.Adam(params, lr=config["lr"])  # appendix C.3
+
+    def make_scheduler(self, optimizer, config: Dict):
+        # appendix C.3: validation every 100 steps, LR / sqrt(10) after 5 evaluations without improvement
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config["plateau_factor"], patience=config["plateau_patience"])
+
+    def loss(self, model, guide, images, step, config):
+        from inference.objectives import econ_loss
+
+        loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"], greedy=config["greedy"])
+        return loss, {}
+
+    def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
+        from inference.figures.econ import econ_figures
+
+        images = batch["image"] if isinstance(batch, dict) else batch
+        return econ_figures(model, guide, images[:8], Path(out_dir))
