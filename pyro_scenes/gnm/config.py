@@ -3,7 +3,7 @@
 The ``"mnist"`` and ``"arrow"`` presets reproduce the configurations the GNM authors trained with
 (SPEC.md; their public code): 2,930,708 and 8,636,446 parameters (model + guide).
 ``"cpu"`` is a small 64x64 configuration for training on this machine, ``"arrow-cpu"`` its RGB
-counterpart with a background.
+counterpart with a background; ``"tiny"``/``"arrow-tiny"`` (32x32) exist for tests.
 """
 from __future__ import annotations
 
@@ -119,8 +119,6 @@ class GNMConfig:
                 bad("bg_upscales", f"their product ({n}) must equal image_size ({self.image_size})")
             if self.bg_filters[-1] != self.channels:
                 bad("bg_filters", f"last width must be {self.channels}")
-        if self.channels == 1 and self.background:
-            pass
         if self.sigma <= 0:
             bad("sigma", "must be > 0")
 
@@ -168,6 +166,34 @@ ARROW_CPU = CPU.replace(
     q_bg_mlp=(256, 128),
 )
 
+#: minimal 32x32 configurations for tests and doc examples (not meant to be trained)
+TINY = GNMConfig(
+    image_size=32,
+    enc_filters=(8, 8, 8, 8, 8),
+    enc_kernels=(4, 3, 4, 3, 4),
+    enc_strides=(2, 1, 2, 1, 2),
+    draw_mlp=(32,),
+    g_dec_mlp=(32,),
+    zs_filters=(8, 8),
+    z_what_dim=4,
+    glimpse_filters=(8, 4, 1),
+    glimpse_kernels=(1, 1, 3),
+    glimpse_upscales=(4, 2, 1),
+)
+
+ARROW_TINY = TINY.replace(
+    channels=3,
+    z_what_dim=6,
+    glimpse_filters=(8, 4, 4),
+    alpha=True,
+    background=True,
+    bg_filters=(8, 4, 3),
+    bg_kernels=(1, 1, 3),
+    bg_upscales=(4, 2, 4),
+    p_bg_mlp=(16,),
+    q_bg_mlp=(16,),
+)
+
 PRESETS = {
     "mnist": MNIST,
     "mnist4": MNIST,
@@ -176,6 +202,8 @@ PRESETS = {
     "arrow": ARROW,
     "cpu": CPU,
     "arrow-cpu": ARROW_CPU,
+    "tiny": TINY,
+    "arrow-tiny": ARROW_TINY,
 }
 
 
