@@ -20,10 +20,10 @@ PAPER_SETTINGS = {
 
 #: The CPU default keeps the paper's objective, K, T, latent size, beta, gamma and optimiser but
 #: shrinks the networks and images so a laptop CPU trains it: 32x32 images (the paper leaves the
-#: size open), 16 features, 3 conv blocks, a 3-block U-Net with 16 filters. ``--set`` restores
+#: size open), 16 features, 3 conv blocks, a 3-block U-Net with 8 filters. ``--set`` restores
 #: the paper's networks (``decoder_features=32 encoder_features=32 attention_filters=32
 #: attention_blocks=4 decoder_layers=4 encoder_layers=4``, 64x64 with ``--image-size 64``).
-CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=16, attention_blocks=3)
+CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=8, attention_blocks=3)
 
 
 def default_cache_dir() -> str:
