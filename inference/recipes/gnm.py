@@ -120,6 +120,9 @@ class GNMRecipe(Recipe):
         if not isinstance(config["curriculum"], bool):
             raise ValueError(f"curriculum must be true or false, got {config['curriculum']!r}")
         self.model_config(config).validate()
+        from datasets import make_dataset
+
+        make_dataset(config["dataset"], "val", num_scenes=1, image_size=config["image_size"], seed=config["seed"])  # lazy: only checks settings
 
     # ------------------------------------------------------------------ build
     def build(self, config: Dict, device: torch.device):

@@ -1,0 +1,109 @@
+"""GNMRecipe: configs, validation, the loss's schedules, figures, and a short CLI run."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyro
+import pytest
+import torch
+
+from inference.recipes import get_recipe
+from inference.recipes.gnm import GNMRecipe
+from inference.training.config import TRAINER_DEFAULTS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def config(dataset="mnist4", **overrides):
+    cfg = dict(TRAINER_DEFAULTS)
+    cfg.update(GNMRecipe().default_config(dataset))
+    cfg.update(model="gnm", dataset=dataset, **overrides)
+    return cfg
+
+
+def test_registered_and_defaults_validate():
+    r = get_recipe("gnm")
+    assert isinstance(r, GNMRecipe) and r.datasets == ("mnist4", "mnist10", "mnist4-10", "arrow")
+    for ds in r.datasets:
+        cfg = config(ds)
+        r.validate_config(cfg)
+        json.dumps(cfg)
+        assert cfg["batch_size"] == 32 and cfg["lr"] == 1e-4 and cfg["grad_clip"] == 1.0
+    assert config("arrow")["curriculum"] and not config("mnist4")["curriculum"]
+    assert config("arrow")["aux_where_mean"][0] == -1.5 and config("mnist10")["aux_where_mean"][0] == -1.6
+    assert r.grad_clip_norm(config()) == 1.0
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("draw_steps", 0, "draw_steps"),
+    ("preset", "nope", "preset"),
+    ("image_size", 128, "image_size"),
+    ("aux_where_std", [0.1, 0.3, 1.0], "aux_where_std"),
+    ("rho_start", 1.5, "rho_start"),
+    ("tau_finish", 10, "tau_finish"),
+    ("curriculum", "yes", "curriculum"),
+])
+def test_bad_values_name_the_key(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        GNMRecipe().validate_config(config(**{key: value}))
+
+
+def test_authors_preset_through_the_recipe():
+    pyro.clear_param_store()
+    cfg = config(preset="mnist", image_size=128)
+    GNMRecipe().validate_config(cfg)
+    model, guide = GNMRecipe().build(cfg, torch.device("cpu"))
+    assert sum(p.numel() for p in list(model.parameters()) + list(guide.parameters())) == 2_930_708
+    opt = GNMRecipe().make_optimizer(list(model.parameters()) + list(guide.parameters()), cfg)
+    assert isinstance(opt, torch.optim.RMSprop) and opt.defaults["lr"] == 1e-4
+    gnm8 = GNMRecipe().model_config(config(preset="mnist", image_size=128, draw_steps=8))
+    assert gnm8.draw_steps == 8
+
+
+def test_schedules_match_spec():
+    s = GNMRecipe().schedules(config("arrow", beta_g_end=2.0))
+    assert s["beta_g"](0) == 0 and s["beta_g"](50_000) == pytest.approx(1.0) and s["beta_g"](200_000) == 2.0
+    assert s["tau"](1000) == 1.0 and s["tau"](20_000) == 0.5 and s["tau"](10_500) == pytest.approx(0.75)
+    assert s["rho"](0) == 0.1 and s["rho"](4000) == pytest.approx(0.001)
+    assert s["beta_where"](0) == 10 and s["beta_where"](500) == 1
+    assert s["beta_bg"](0) == 50 and s["beta_bg"](25_000) == pytest.approx(25.5)
+
+
+def test_loss_and_figures(tmp_path):
+    pyro.clear_param_store()
+    r = GNMRecipe()
+    cfg = config("arrow", preset="arrow-tiny", image_size=32, z_what_dim=6)
+    model, guide = r.build(cfg, torch.device("cpu"))
+    x = torch.rand(2, 3, 32, 32)
+    loss, logs = r.loss(model, guide, x, 100, cfg)
+    assert loss.dim() == 0 and loss.requires_grad
+    assert set(logs) == {"beta_g", "tau", "rho", "aux_kl_z_pres", "aux_kl_z_where", "aux_kl_z_depth", "aux_kl_z_what", "aux_kl_z_bg"}
+    paths = r.figures(model, guide, {"image": x}, tmp_path, 0)
+    assert [p.name for p in paths] == ["gnm_reconstructions.png", "gnm_generations.png", "gnm_zs_resampling.png"]
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_cli_run_and_likelihood(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "inference.svi", "--model", "gnm", "--dataset", "mnist4", "--steps", "2", "--batch-size", "2",
+           "--out", str(out), "--num-train", "8", "--set", "num_val=4", "--set", "cache_dir=", "--val-every", "0", "--log-every", "1"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    lines = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert [l["step"] for l in lines] == [1, 2] and "aux_kl_z_pres" in lines[0]["logs"]
+    assert len(list((out / "figures").glob("gnm_*.png"))) == 3
+    res = subprocess.run([sys.executable, "-m", "inference.likelihood", str(out), "--particles", "3", "--num-images", "2", "--batch-size", "2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "log p(x) =" in res.stdout and "K = 3" in res.stdout
