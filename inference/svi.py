@@ -180,7 +180,8 @@ log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status:
 @click.option("--keep", type=int, help="Checkpoints kept (the newest). default 3")
 @click.option("--figures-every", type=int, help="Figures every N steps (0: only at the end). default 0")
 @click.option("--deterministic/--no-deterministic", default=None,
-              help="torch.use_deterministic_algorithms (warn-only on ops without a deterministic kernel).")
+              help="torch.use_deterministic_algorithms, warn-only (default on: needed for bit-exact "
+                   "--resume of conv models on a multi-threaded CPU).")
 def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, config_file, sets, image_size,
          num_train, workers, log_every, val_every, ckpt_every, keep, figures_every, deterministic):
     """Train a structured scene model (model and guide from its recipe) with SVI."""
@@ -210,18 +211,21 @@ def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, confi
         ck = None
     trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo)
     try:
-        trainer.prepare()
-    except (TrainingError, ckpt_mod.CheckpointError) as e:
-        raise click.ClickException(str(e)) from None
-    try:
-        trainer.run()
-    except Interrupted as e:
-        where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
-        click.echo(f"interrupted at step {e.step}; {where}. Continue with: python -m inference.svi "
-                   f"--resume --out {out_path}", err=True)
-        sys.exit(130)
-    except TrainingError as e:
-        raise click.ClickException(str(e)) from None
+        try:
+            trainer.prepare()
+        except (TrainingError, ckpt_mod.CheckpointError) as e:
+            raise click.ClickException(str(e)) from None
+        try:
+            trainer.run()
+        except Interrupted as e:
+            where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
+            click.echo(f"interrupted at step {e.step}; {where}. Continue with: python -m inference.svi "
+                       f"--resume --out {out_path}", err=True)
+            sys.exit(130)
+        except TrainingError as e:
+            raise click.ClickException(str(e)) from None
+    finally:
+        trainer.close()
 
 
 if __name__ == "__main__":

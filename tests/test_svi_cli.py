@@ -203,11 +203,25 @@ def test_precedence_defaults_config_flags_set(toy, tmp_path):
 
 def test_set_values_are_json_else_strings(toy, tmp_path):
     train("--model", "toy", "--steps", 2, "--set", "tag=hello world", "--set", "clip=null", "--set", "lr=1e-3",
-          "--set", "scheduler=step", "--set", "num_val=5", "--deterministic", "--out", tmp_path / "r")
+          "--set", "scheduler=step", "--set", "num_val=5", "--no-deterministic", "--out", tmp_path / "r")
     c = config_of(tmp_path / "r")
     assert c["tag"] == "hello world" and c["num_val"] == 5
-    assert c["clip"] is None and c["lr"] == 0.001 and c["scheduler"] == "step" and c["deterministic"] is True
-    torch.use_deterministic_algorithms(False)
+    assert c["clip"] is None and c["lr"] == 0.001 and c["scheduler"] == "step" and c["deterministic"] is False
+
+
+def test_deterministic_mode_is_on_by_default_and_restored_after_the_run(toy, tmp_path, monkeypatch):
+    seen = []
+    original = toy.loss
+
+    def loss(self, *args):
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return original(self, *args)
+
+    monkeypatch.setattr(toy, "loss", loss)
+    assert not torch.are_deterministic_algorithms_enabled()
+    train("--model", "toy", "--steps", 2, "--out", tmp_path / "r")
+    assert config_of(tmp_path / "r")["deterministic"] is True and len(seen) >= 2 and all(seen)
+    assert not torch.are_deterministic_algorithms_enabled()  # the process-wide mode is put back
 
 
 def test_set_type_must_match_default(toy, tmp_path):

@@ -22,7 +22,8 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
     "ckpt_every": 500,      # checkpoint every this many steps; 0: only at the end
     "keep": 3,              # checkpoints kept
     "figures_every": 0,     # figures every this many steps; 0: only at the end
-    "deterministic": False,  # torch.use_deterministic_algorithms (warn-only)
+    "deterministic": True,  # torch.use_deterministic_algorithms (warn-only): CPU conv backward is not
+                            # bitwise reproducible with several threads without it
 }
 
 #: keys set by ``--model`` / ``--dataset`` only

@@ -155,10 +155,7 @@ class Trainer:
         import pyro
 
         cfg = self.config
-        if cfg.get("deterministic"):
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
+        self._set_determinism(bool(cfg.get("deterministic")))
         pyro.clear_param_store()
         seed_all(cfg["seed"])
         self.model, self.guide = self.recipe.build(cfg, self.device)
@@ -197,6 +194,31 @@ class Trainer:
         self._plotted_at = -float("inf")
         self._prepared = True
         return self
+
+    def _set_determinism(self, on: bool) -> None:
+        """Deterministic kernels for the run (process-wide in torch; :meth:`close` restores the previous mode)."""
+        if getattr(self, "_previous_determinism", None) is None:
+            self._previous_determinism = (torch.are_deterministic_algorithms_enabled(),
+                                          torch.is_deterministic_algorithms_warn_only_enabled(),
+                                          torch.backends.cudnn.benchmark)
+        if on:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        else:
+            torch.use_deterministic_algorithms(False)
+
+    def close(self) -> None:
+        """Stop data workers and restore torch's previous deterministic-algorithms mode (idempotent)."""
+        stream = getattr(self, "stream", None)
+        if stream is not None:
+            stream.close()
+        previous = getattr(self, "_previous_determinism", None)
+        if previous is not None:
+            enabled, warn_only, benchmark = previous
+            torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+            torch.backends.cudnn.benchmark = benchmark
+            self._previous_determinism = None
 
     # ------------------------------------------------------------ checkpoints
     def state(self, rng=None, data=None) -> Dict[str, Any]:
@@ -368,9 +390,16 @@ class Trainer:
 
         Raises :class:`Interrupted` after Ctrl-C (a checkpoint has been written) and
         :class:`TrainingError` on a non-finite loss (the last good state is checkpointed).
+        Calls :meth:`close` when done.
         """
         if not self._prepared:
             self.prepare()
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Dict[str, Any]:
         cfg, total = self.config, self.config["steps"]
         self._start_files()
         if self._rng_to_restore is not None:
