@@ -124,6 +124,9 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
         older = ckpt_mod.list_checkpoints(rd.ckpt_dir)[:-1]
         if older:
             hint = f" (older checkpoints: {', '.join(p.name for _, p in older)}; move the bad file away to resume from one)"
+        if not ckpt_mod.list_checkpoints(rd.ckpt_dir):
+            hint = (f" (the run stopped before its first checkpoint: delete {out_path} or use a new --out "
+                    f"to start again)")
         raise click.ClickException(f"--resume: {e}{hint}") from None
     run_model, run_dataset = ck["model"], ck["dataset"]
     for flag, asked, have in (("--model", model, run_model), ("--dataset", dataset, run_dataset),

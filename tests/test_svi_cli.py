@@ -113,6 +113,8 @@ def test_cuda_without_cuda_is_a_clear_error(toy, tmp_path):
 
 
 def test_existing_run_is_never_overwritten(existing, tmp_path):
+    other_config = tmp_path / "other.json"
+    other_config.write_text(json.dumps({**config_of(existing), "lr": 0.3}))
     before = snapshot(existing)
     cases = [
         (["--model", "toy"], 2, "already holds a run (model 'toy', dataset 'blocks', 3 checkpoints (latest step 12))"),
@@ -122,6 +124,10 @@ def test_existing_run_is_never_overwritten(existing, tmp_path):
         (["--model", "nope"], 2, "unknown model"),
         (["--resume", "--lr", "0.5"], 2, "cannot change 'lr' when resuming"),
         (["--resume", "--set", "latent=5"], 2, "cannot change 'latent' when resuming"),
+        (["--resume", "--val-every", "7"], 2, "cannot change 'val_every' when resuming"),
+        (["--resume", "--seed", "1"], 2, "cannot change 'seed' when resuming"),
+        (["--resume", "--config", str(other_config)], 2, "cannot change 'lr' when resuming"),
+        (["--resume", "--config", str(existing / "config.json"), "--steps", "0"], 2, "--steps=0"),
         (["--resume", "--dataset", "ramps"], 2, "holds a run of model 'toy' on dataset 'blocks'"),
         (["--resume", "--model", "nope"], 2, "holds a run of model 'toy'"),
         (["--resume", "--steps", "0"], 2, "--steps=0"),

@@ -305,3 +305,17 @@ def test_unique_parameters_dedupes_shared_modules():
     params = unique_parameters(model, guide)
     assert len(params) == 5 and sum(p.numel() for p in params) == 117
     assert len(list(model.parameters())) + len(list(guide.parameters())) == 7
+
+
+def test_fixed_batch_keeps_ragged_keys_as_lists():
+    from inference.training.data import fixed_batch
+
+    class Ragged(torch.utils.data.Dataset):
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"image": torch.full((1, 2, 2), float(i)), "boxes": torch.zeros(i + 1, 4)}
+
+    batch = fixed_batch(Ragged(), 8)
+    assert batch["image"].shape == (3, 1, 2, 2) and [b.shape[0] for b in batch["boxes"]] == [1, 2, 3]

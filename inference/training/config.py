@@ -30,7 +30,7 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
 RESERVED_KEYS = ("model", "dataset")
 
 #: keys that may change when a run is resumed (they do not change the numbers of a step)
-RESUMABLE_KEYS = ("steps", "workers", "log_every", "val_items", "ckpt_every", "keep", "figures_every", "deterministic")
+RESUMABLE_KEYS = ("steps", "workers", "log_every", "ckpt_every", "keep", "figures_every", "deterministic")
 
 #: CLI flag -> config key
 FLAG_KEYS = {

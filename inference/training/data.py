@@ -102,9 +102,19 @@ class BatchStream:
 
 
 def fixed_batch(dataset: Dataset, size: int) -> Dict:
-    """The first ``size`` items of ``dataset`` collated with all their keys (for figures)."""
-    size = min(size, len(dataset))
-    return default_collate([dataset[i] for i in range(size)])
+    """The first ``size`` items of ``dataset`` collated with all their keys (for figures).
+
+    Keys whose values do not collate (ragged shapes, odd types) are given as lists.
+    """
+    items = [dataset[i] for i in range(min(size, len(dataset)))]
+    batch = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        try:
+            batch[key] = default_collate(values)
+        except Exception:
+            batch[key] = values
+    return batch
 
 
 def iterate_fixed(dataset: Dataset, items: int, batch_size: int) -> Iterator[torch.Tensor]:
