@@ -7,7 +7,9 @@
   glimpse and background decoders, supplement Tables 5 and 6).
 
 Both apply to tensors of shape ``(..., C, H, W)``; leading dimensions are flattened for the
-convolutions and restored afterwards.
+convolutions and restored afterwards. :class:`SubPixelStack` works in channels-last memory format
+(its small-channel convolutions are 2-3x faster that way on CPU) with a channels-last pixel
+shuffle (:func:`pixel_shuffle`); values are those of ``torch.nn.PixelShuffle``.
 """
 from __future__ import annotations
 
@@ -30,9 +32,33 @@ def _group_norm(groups: Optional[int], channels: int) -> nn.Module:
     return nn.GroupNorm(int(groups), channels)
 
 
+def pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``torch.nn.functional.pixel_shuffle(x, r)`` for ``(N, C*r*r, H, W)``, returned in channels-last
+    memory format (one copy; faster than the native kernel on CPU, forward and backward)."""
+    N, Crr, H, W = x.shape
+    C = Crr // (r * r)
+    y = x.permute(0, 2, 3, 1).reshape(N, H, W, C, r, r).permute(0, 1, 4, 2, 5, 3).reshape(N, H * r, W * r, C)
+    return y.permute(0, 3, 1, 2)
+
+
+class PixelShuffle(nn.Module):
+    """Module form of :func:`pixel_shuffle` (no parameters, like ``torch.nn.PixelShuffle``)."""
+
+    def __init__(self, upscale_factor: int):
+        super().__init__()
+        self.upscale_factor = int(upscale_factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixel_shuffle(x, self.upscale_factor)
+
+
 class _Stack(nn.Module):
+    channels_last = False
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat, lead = _flat4(x)
+        if self.channels_last:
+            flat = flat.contiguous(memory_format=torch.channels_last)
         out = self.net(flat)
         return out.reshape(lead + out.shape[-3:])
 
@@ -110,13 +136,14 @@ class SubPixelStack(_Stack):
                 layers.append(nn.Conv2d(prev, f, k, 1, (k - 1) // 2))
             else:
                 layers.append(nn.Conv2d(prev, f * u * u, k, 1, (k - 1) // 2))
-                layers.append(nn.PixelShuffle(u))
+                layers.append(PixelShuffle(u))
             if i < n - 1 or norm_act_final:
                 layers.append(make_activation(activation))
                 layers.append(_group_norm(groups[i], f))
             prev = f
         self.net = nn.Sequential(*layers)
         self.out_channels = prev
+        self.channels_last = True
         self.upscale = 1
         for u in upscales:
             self.upscale *= int(u)

@@ -1,0 +1,141 @@
+"""GNM speed: SVI step time of the authors' 128x128 MNIST configuration, and Pyro's overhead.
+
+    python benchmarks/bench_gnm.py [--preset mnist] [--batch-size 32] [--repeats 10] [--threads 2]
+
+Prints (1) the time of one training step (loss under all handlers, backward, gradient clipping,
+RMSprop) at batch 32 with ``GNM.preset("mnist")`` (targets: <= 0.7 s; the authors' code takes
+0.7-1.1 s here, SPEC.md), and (2) the Pyro overhead: that Pyro step divided by the same step with
+a hand-written PyTorch computation of the same loss with the same networks (target <= 1.15).
+Both steps are timed interleaved (ABAB...) and the medians compared, so machine load drifts hit
+both alike. Pyro's argument/support validation (on by default in Pyro) is switched off unless
+``--validation`` is given: it is a debugging aid that costs a few percent per step.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import pyro
+import torch
+import torch.nn.functional as F
+
+from inference.recipes.gnm import GNMRecipe
+from pyro_scenes.gnm import RenderOptions
+
+
+def _kl_normal(qm, qs, pm, ps):
+    return torch.log(ps / qs) + (qs ** 2 + (qm - pm) ** 2) / (2 * ps ** 2) - 0.5
+
+
+def _kl_bern(ql, pl):
+    q = torch.sigmoid(ql)
+    return q * (F.logsigmoid(ql) - F.logsigmoid(pl)) + (1 - q) * (F.logsigmoid(-ql) - F.logsigmoid(-pl))
+
+
+def torch_loss(model, guide, x, step, config, schedules):
+    """The GNM training loss (SPEC.md) in plain PyTorch with the same networks, without Pyro."""
+    cfg = model.cfg
+    B = x.shape[0]
+    s = {k: f(step) for k, f in schedules.items()}
+    fx = guide.encoder(x)
+    dec = model.draw.init_state((B,))
+    enc = guide.draw_encoder.init_state((B,))
+    kl_g, zg = 0.0, []
+    for _ in range(cfg.draw_steps):
+        p_loc, p_scale = model.draw.prior(dec[0])
+        q_loc, q_scale, enc = guide.draw_encoder(fx, dec, enc)
+        z = q_loc + q_scale * torch.randn_like(q_loc)
+        kl_g = kl_g + _kl_normal(q_loc, q_scale, p_loc, p_scale).sum(-1)
+        dec = model.draw.step(z, dec)
+        zg.append(z)
+    p, q = model.zs_net(dec[2]), model.zs_net(fx)
+    u = torch.rand_like(q["pres_logits"]).clamp(1e-20, 1 - 1e-7)
+    z_pres = torch.sigmoid((q["pres_logits"] + u.log() - (-u).log1p()) / s["tau"])
+    z = {k: q[f"{k}_loc"] + q[f"{k}_scale"] * torch.randn_like(q[f"{k}_loc"]) for k in ("where", "depth", "what")}
+    kl = _kl_bern(q["pres_logits"], p["pres_logits"]).sum(-1)
+    for k in ("where", "depth", "what"):
+        kl = kl + _kl_normal(q[f"{k}_loc"], q[f"{k}_scale"], p[f"{k}_loc"], p[f"{k}_scale"]).sum((-1, -2))
+    gate = z_pres.clamp(min=config["aux_gate_min"])
+    rho = torch.tensor(s["rho"])
+    aux = _kl_bern(q["pres_logits"], torch.log(rho) - torch.log1p(-rho)).sum(-1)
+    mean, std = torch.tensor(config["aux_where_mean"]), torch.tensor(config["aux_where_std"])
+    aux = aux + s["beta_where"] * (_kl_normal(q["where_loc"], q["where_scale"], mean, std).sum(-1) * gate).sum(-1)
+    for k in ("depth", "what"):
+        aux = aux + (_kl_normal(q[f"{k}_loc"], q[f"{k}_scale"], 0.0, 1.0).sum(-1) * gate).sum(-1)
+    z_bg = None
+    if cfg.background:
+        pb_loc, pb_scale = model.bg_prior(torch.cat(zg, -1))
+        qb_loc, qb_scale = guide.bg_net(fx.movedim(-3, -1).flatten(-3))
+        z_bg = (qb_loc + qb_scale * torch.randn_like(qb_loc)).unsqueeze(-2)
+        kl = kl + _kl_normal(qb_loc, qb_scale, pb_loc, pb_scale).sum(-1)
+        aux = aux + s["beta_bg"] * _kl_normal(qb_loc, qb_scale, 0.0, 1.0).sum(-1)
+    active = config["curriculum"] and step < config["curriculum_steps"]
+    opts = RenderOptions(alpha=config["curriculum_alpha"], pres_max=config["curriculum_pres_max"]) if active else RenderOptions()
+    image = model.render(z_pres, z["where"], z["depth"], z["what"], z_bg, opts)[0]
+    log_like = (-0.5 * ((x - image) / cfg.sigma) ** 2 - torch.log(torch.tensor(cfg.sigma)) - 0.9189385332046727).flatten(1).sum(1)
+    return (-(log_like - s["beta_g"] * kl_g - kl - aux)).mean()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="mnist")
+    ap.add_argument("--dataset", default="mnist4")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step", type=int, default=5_000, help="training step (schedules) to time")
+    ap.add_argument("--validation", action="store_true", help="keep Pyro's validation checks on (Pyro's default; off for training speed)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    pyro.enable_validation(a.validation)
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    recipe = GNMRecipe()
+    config = recipe.default_config(a.dataset)
+    from pyro_scenes.gnm.config import PRESETS
+
+    config.update(preset=a.preset, image_size=PRESETS[a.preset].image_size, z_what_dim=PRESETS[a.preset].z_what_dim, cache_dir="", seed=0)
+    model, guide = recipe.build(config, torch.device("cpu"))
+    params = list(model.parameters()) + list(guide.parameters())
+    opt = recipe.make_optimizer(params, config)
+    clip = recipe.grad_clip_norm(config)
+    cfg = model.cfg
+    x = torch.rand(a.batch_size, cfg.channels, cfg.image_size, cfg.image_size).pow(8)  # mostly dark, like digit scenes
+    schedules = recipe.schedules(config)
+
+    def pyro_step():
+        loss, _ = recipe.loss(model, guide, x, a.step, config)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    def torch_step():
+        loss = torch_loss(model, guide, x, a.step, config, schedules)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    for _ in range(2):
+        pyro_step(), torch_step()
+    tp, tt = [], []
+    for _ in range(a.repeats):
+        t0 = time.perf_counter()
+        pyro_step()
+        tp.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        torch_step()
+        tt.append(time.perf_counter() - t0)
+    mp, mt = statistics.median(tp), statistics.median(tt)
+    n = sum(p.numel() for p in params)
+    print(f"GNM preset {a.preset!r} ({n:,} parameters), batch {a.batch_size}, {cfg.image_size}x{cfg.image_size}, "
+          f"{a.threads} threads, step {a.step}, Pyro validation {'on' if a.validation else 'off'}, median of {a.repeats}")
+    print(f"  Pyro SVI step (loss + backward + clip + RMSprop): {mp:.3f} s/step   (target <= 0.7)")
+    print(f"  hand-written PyTorch step, same loss:             {mt:.3f} s/step")
+    print(f"  Pyro overhead: {mp / mt:.3f}   (target <= 1.15)")
+
+
+if __name__ == "__main__":
+    main()
