@@ -319,3 +319,20 @@ def test_fixed_batch_keeps_ragged_keys_as_lists():
 
     batch = fixed_batch(Ragged(), 8)
     assert batch["image"].shape == (3, 1, 2, 2) and [b.shape[0] for b in batch["boxes"]] == [1, 2, 3]
+
+
+def test_module_that_shadows_torch_version_attribute_still_checkpoints(toy, tmp_path, monkeypatch):
+    # a module defining its own ``_version`` method puts a bound method into state_dict metadata
+    from test_training_toy import ToyModel
+
+    import weakref
+
+    # (as pyro_scenes.gnm once did: state_dict metadata then holds something that does not pickle)
+    monkeypatch.setattr(ToyModel, "_version", property(lambda self: weakref.ref(self)), raising=False)
+    import io
+
+    with pytest.raises(TypeError):
+        torch.save(ToyModel(2, 16).state_dict(), io.BytesIO())
+    train("--model", "toy", "--steps", 3, "--out", tmp_path / "r")
+    recipe, config, model, guide, step = restore(tmp_path / "r")
+    assert step == 3 and torch.equal(model.decoder.weight, final(tmp_path / "r")["model_state"]["decoder.weight"])

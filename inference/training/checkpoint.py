@@ -11,6 +11,7 @@ Public helpers for other tools: :func:`find_checkpoint`, :func:`load_checkpoint`
 """
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -86,11 +87,30 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def module_state(module: torch.nn.Module) -> Dict[str, Any]:
+    """``module.state_dict()`` with torch's per-module ``_metadata`` kept only where its ``version``
+    is a plain int (a module that defines its own ``_version`` attribute would otherwise make the
+    checkpoint unpicklable)."""
+    state = module.state_dict()
+    meta = getattr(state, "_metadata", None)
+    if meta is not None:
+        clean = type(meta)()
+        for prefix, entry in meta.items():
+            version = entry.get("version") if isinstance(entry, dict) else None
+            clean[prefix] = {"version": version} if isinstance(version, int) and not isinstance(version, bool) else {}
+        state._metadata = clean
+    return state
+
+
 def save_checkpoint(ckpt_dir, state: Dict[str, Any]) -> Path:
     """Write ``state`` (needs ``step``) as ``ckpt_dir/step_XXXXXXXX.pt`` atomically; return the path."""
     state = {"format": FORMAT, "format_version": FORMAT_VERSION, **state}
     path = Path(ckpt_dir) / checkpoint_name(int(state["step"]))
-    return atomic_write(path, lambda f: torch.save(state, f))
+    try:
+        return atomic_write(path, lambda f: torch.save(state, f))
+    except (TypeError, AttributeError, pickle.PicklingError) as e:
+        raise CheckpointError(f"{path}: cannot write the checkpoint: {e} (some state of the model, guide, "
+                              f"optimizer or scheduler cannot be saved)") from None
 
 
 def prune_checkpoints(ckpt_dir, keep: int) -> List[Path]:

@@ -227,8 +227,8 @@ class Trainer:
             "dataset": self.config["dataset"],
             "step": self.step,
             "config": self.config,
-            "model_state": self.model.state_dict(),
-            "guide_state": self.guide.state_dict(),
+            "model_state": ckpt_mod.module_state(self.model),
+            "guide_state": ckpt_mod.module_state(self.guide),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng if rng is not None else get_rng_state(),
@@ -241,7 +241,10 @@ class Trainer:
     def save(self, rng=None, data=None, final: bool = False) -> Path:
         """Checkpoint (atomically), prune to ``keep``, and redraw loss.png (at most every
         :data:`PLOT_EVERY_S` seconds, and always when ``final``)."""
-        path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state(rng, data))
+        try:
+            path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state(rng, data))
+        except ckpt_mod.CheckpointError as e:
+            raise TrainingError(str(e)) from None
         if not self._verified_save:  # once per run: the file must load back weights-only
             try:
                 ckpt_mod.load_checkpoint(path)
