@@ -317,3 +317,43 @@ def test_input_validation():
         model(torch.rand(2, 3, 32, 32))
     with pytest.raises(TypeError):
         GNMGuide(torch.nn.Linear(2, 2))
+
+
+def test_structdraw_memo_reuses_only_identical_inputs():
+    import copy
+
+    from pyro_scenes.gnm.networks import StructDRAW
+
+    model = GNM.preset("tiny")
+    guide = GNMGuide(model)
+    x = torch.rand(2, 1, 32, 32)
+    calls = []
+    orig = StructDRAW.step
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return orig(self, *a, **k)
+
+    StructDRAW.step = counting
+    try:
+        gtr = poutine.trace(guide).get_trace(x)
+        assert len(calls) == 3  # the guide decodes z_g_1..3
+        image = poutine.replay(model, trace=gtr)(x)
+        assert len(calls) == 4  # the model reuses them and decodes z_g_4 only
+        assert model.draw._memo == []  # consumed
+        # without the memo (or with other values) the model recomputes, with the same result
+        model.draw.memoize = False
+        try:
+            ref = poutine.replay(model, trace=gtr)(x)
+        finally:
+            model.draw.memoize = True
+        assert len(calls) == 8 and torch.allclose(image, ref, atol=1e-6)
+        poutine.trace(guide).get_trace(x)
+        data = {k: gtr.nodes[k]["value"].clone() for k in ["z_g_1", "z_g_2", "z_g_3", "z_g_4"]}
+        n = len(calls)
+        pyro.condition(model, data=data)(x)
+        assert len(calls) == n + 4  # new tensor objects: recomputed
+    finally:
+        StructDRAW.step = orig
+    poutine.trace(guide).get_trace(x)
+    copy.deepcopy(model)  # the memo is never copied

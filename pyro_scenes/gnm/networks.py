@@ -80,12 +80,18 @@ class StructDRAW(nn.Module):
     def prior(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.prior_net(flatten_map(h))
 
-    def _version(self):
+    def _param_versions(self):
         return (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
 
     def forget(self) -> None:
-        """Drop the memo (the guide calls this before it starts a new pass)."""
+        """Drop the memo (the guide calls this before a pass, the model after one)."""
         self._memo = []
+
+    def __getstate__(self):  # never pickle / deep-copy memoised autograd graphs
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_memo"] = []
+        return state
 
     def cached_step(self, l: int, z_site: torch.Tensor, state, record: bool = False):
         """:meth:`step` on the site value ``z_site`` ``(..., 1, z_g_dim)``, memoised across one guide/model pair.
@@ -101,12 +107,12 @@ class StructDRAW(nn.Module):
         if self.memoize and not record and l < len(self._memo):
             z_seen, state_in, state_out, version = self._memo[l]
             fresh = isinstance(state, _InitialState) and isinstance(state_in, _InitialState) and state[0].shape == state_in[0].shape
-            if z_seen is z_site and (fresh or state is state_in) and version == self._version():
+            if z_seen is z_site and (fresh or state is state_in) and version == self._param_versions():
                 # the memo of step l is consumed; later steps chain on state_out
                 return state_out
         out = self.step(z_site.squeeze(-2), state)
         if record and self.memoize:
-            self._memo = self._memo[:l] + [(z_site, state, out, self._version())]
+            self._memo = self._memo[:l] + [(z_site, state, out, self._param_versions())]
         return out
 
     def step(self, z_g: torch.Tensor, state):
