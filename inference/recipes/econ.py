@@ -39,6 +39,7 @@ class ECONRecipe(Recipe):
         return dict(
             dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=default_cache_dir(),
             steps=3000, batch_size=32, lr=5e-4, seed=0,
+            val_every=100, val_items=100,  # appendix C.3: validation loss every 100 iterations (100 scenes)
             num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
             **CPU_NETWORKS,
             beta=s["beta"], gamma=s["gamma"], lam=s["lam"], greedy=False,
