@@ -8,11 +8,14 @@ family, :data:`CHECKER_VERSION`, the training settings and the generator's confi
 source included), and retrained when missing or unreadable.
 
 * ``mnist`` family (datasets ``mnist4``, ``mnist10``, ``mnist4-10``): one detector for the ten
-  digits, trained on ``mnist4-10`` training scenes at the dataset's resolution; object centres
-  are the centres of the digits' tight boxes.
+  digits, trained on ``mnist4-10`` training scenes of the requested image size, resized to
+  128 px; object centres are the centres of the digits' tight boxes.
 * ``arrow`` family: three shape classes plus the arrow, with the arrow's direction regressed;
-  images are downsampled by 2 for the detector; object centres are the dataset's ``centers``,
+  images are resized to 64 px for the detector; object centres are the dataset's ``centers``,
   the arrow's is the midpoint of its axis.
+
+A checker is specific to an image size (64 px for the CPU GNM configuration, 128 px for the
+authors'); images of another size are resized to it.
 
 ``python -m inference.metrics.structure --dataset mnist4 --report`` measures a checker's
 accuracy on real test scenes and its rejection rate on deliberately broken scenes
@@ -41,6 +44,15 @@ log = logging.getLogger(__name__)
 CHECKER_VERSION = 1
 CACHE_ENV = "PYRO_SCENES_CACHE"
 FAMILIES = {"mnist4": "mnist", "mnist10": "mnist", "mnist4-10": "mnist", "arrow": "arrow"}
+#: the resolution the detector works at: images of any size are resized to it (digits are then
+#: about 20 px tall, the arrow scenes' objects 10-18 px)
+WORK_SIZE = {"mnist": 128, "arrow": 64}
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
 def cache_dir(path=None) -> Path:
@@ -99,20 +111,23 @@ def _training_data(family: str, num_scenes: int, image_size: Optional[int], data
     name = "mnist4-10" if family == "mnist" else "arrow"
     ds = make_dataset(name, "train", num_scenes=num_scenes, image_size=image_size, seed=seed, **dataset_options)
     b = ds.generate(range(num_scenes))
+    scale = WORK_SIZE[family] / ds.image_size
     if family == "mnist":
         boxes = b["boxes"]
         centres = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
+        centres = centres * scale
         images, labels, valid, extras = b["image"], b["labels"], b["valid"], None
     else:
         arrow_c = (b["arrow_tail"] + b["arrow_tip"]) / 2
         d = b["arrow_tip"] - b["arrow_tail"]
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        centres = torch.cat([b["centers"], arrow_c[:, None]], 1) / 2  # working scale 1/2
+        centres = torch.cat([b["centers"], arrow_c[:, None]], 1) * scale
         labels = torch.cat([b["labels"], torch.full((num_scenes, 1), rules.ARROW_CLASS)], 1)
         valid = torch.cat([b["valid"], torch.ones(num_scenes, 1, dtype=torch.bool)], 1)
         extras = torch.zeros(num_scenes, 4, 2)
         extras[:, 3] = d
-        images = F.avg_pool2d(b["image"], 2)
+        images = b["image"]
+    images = _resize(images, WORK_SIZE[family])
     return (images * 255).round().to(torch.uint8), centres, labels, valid, extras, ds
 
 
@@ -125,7 +140,7 @@ class StructureChecker:
         self.family = _family(dataset)
         self.net = net.eval()
         self.image_size = int(image_size)
-        self.scale = 0.5 if self.family == "arrow" else 1.0
+        self.scale = WORK_SIZE[self.family] / self.image_size
         self.info = info or {}
         self.threshold = threshold
 
@@ -208,17 +223,12 @@ class StructureChecker:
         if x.dim() != 4 or x.shape[1] != self.net.in_channels:
             raise ValueError(f"the {self.dataset} checker needs images (B, {self.net.in_channels}, H, W), "
                              f"got {tuple(x.shape)}")
-        x = x.clamp(0, 1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        if self.scale != 1.0:
-            x = F.avg_pool2d(x, int(round(1 / self.scale)))
-        return x
+        return _resize(x.clamp(0, 1), WORK_SIZE[self.family])
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, batch_size: int = 64) -> List[Detections]:
-        """Detections per image, positions in pixels of the checker's image size."""
+        """Detections per image, positions in pixels of the checker's image size (inputs of
+        another size are resized)."""
         x = self._prepare(images)
         out: List[Detections] = []
         pad = "constant" if self.family == "mnist" else "replicate"
@@ -321,9 +331,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     @click.option("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or ~/.cache/pyro_scenes)")
     @click.option("--steps", default=None, type=int, help="training steps (changes the cache key)")
     @click.option("--train-scenes", default=None, type=int, help="training scenes (changes the cache key)")
+    @click.option("--image-size", default=128, show_default=True, help="image size the checker judges (64 for the CPU GNM)")
     @click.option("--mnist-path", default=None, help="MNIST IDX folder for the digit datasets")
     @click.option("--out", default=None, type=click.Path(dir_okay=False), help="write the report as JSON")
-    def cli(dataset, do_report, num_scenes, split, retrain, cache, steps, train_scenes, mnist_path, out):
+    def cli(dataset, do_report, num_scenes, split, retrain, cache, steps, train_scenes, image_size, mnist_path, out):
         settings = TrainSettings()
         if steps is not None:
             settings.steps = steps
@@ -331,8 +342,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             settings.num_scenes = train_scenes
         opts = {"mnist_path": mnist_path} if mnist_path and FAMILIES[dataset] == "mnist" else {}
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        checker = StructureChecker.load(dataset, cache=cache, settings=settings, retrain=retrain, progress=True,
-                                        dataset_options=opts)
+        checker = StructureChecker.load(dataset, cache=cache, settings=settings, image_size=image_size, retrain=retrain,
+                                        progress=True, dataset_options=opts)
         click.echo(f"checker: {checker.info.get('cache_path', '(cached)')} "
                    f"(trained in {checker.info.get('train_seconds', '?')} s)")
         if not do_report:
