@@ -43,8 +43,8 @@ def _real_images(dataset, n: int, start: int = 0) -> Dict[str, torch.Tensor]:
 @torch.no_grad()
 def evaluate_gnm(recipe, config: Dict, model, guide, dataset, metrics: Sequence[str] = METRICS,
                  num_samples: int = 1000, batch_size: int = 32, device="cpu", particles: Optional[int] = None,
-                 ll_images: Optional[int] = None, checker_cache=None, progress: bool = True,
-                 train_dataset=None) -> Dict:
+                 ll_images: Optional[int] = None, checker_cache=None, checker_settings=None,
+                 dsteps_options: Optional[Dict] = None, progress: bool = True, train_dataset=None) -> Dict:
     """Run the GNM metrics on ``num_samples`` held-out scenes and as many generations.
 
     ``particles``: importance samples for LL (default the config's ``ll_particles``, 100);
@@ -128,7 +128,8 @@ def evaluate_gnm(recipe, config: Dict, model, guide, dataset, metrics: Sequence[
         if "s-acc" in metrics:
             from inference.metrics.structure import FAMILIES, StructureChecker
             if name in FAMILIES:
-                checker = StructureChecker.load(name, cache=checker_cache, image_size=fake.shape[-1], progress=progress)
+                checker = StructureChecker.load(name, cache=checker_cache, settings=checker_settings,
+                                                image_size=fake.shape[-1], progress=progress)
                 res = checker.check(fake, progress=progress)
                 results["s-acc"] = res.accuracy
                 results["s-acc_reasons"] = res.summary()["reasons"]
@@ -144,7 +145,9 @@ def evaluate_gnm(recipe, config: Dict, model, guide, dataset, metrics: Sequence[
                               for s in range(0, num_real, 256)])
             m = min(len(real), len(fake))
             num_eval = min(500, max(1, m // 5))
-            r = d_steps(real[:m], fake[:m], num_eval=num_eval, num_train=m - num_eval, progress=progress)
+            kw = dict(num_eval=num_eval, num_train=m - num_eval)
+            kw.update(dsteps_options or {})
+            r = d_steps(real[:m], fake[:m], progress=progress, **kw)
             results["d-steps"] = r["steps"]
             results["d-steps_reached"] = r["reached"]
             results["d-steps_protocol"] = r["protocol"]
@@ -162,9 +165,8 @@ def gnm_plots(out: Dict, prefix: Path) -> List[Path]:
     if scalars:
         paths.append(plots.bar_chart(scalars, prefix.with_name(prefix.name + "_summary.png"), "GNM metrics"))
     if "ll" in out:
-        paths.append(plots.histograms({"log p(x) (nats)": out["ll"] / out["ll"].abs().max().clamp_min(1e-9)},
-                                      prefix.with_name(prefix.name + "_ll.png"),
-                                      f"LL per image, normalised by max |LL| = {float(out['ll'].abs().max()):.0f}"))
+        paths.append(plots.histograms({"log p(x) (nats)": out["ll"]}, prefix.with_name(prefix.name + "_ll.png"),
+                                      f"importance-weighted LL per image (K = {res.get('ll_particles')})"))
     if "d-steps_history" in out:
         paths.append(plots.curve(out["d-steps_history"], prefix.with_name(prefix.name + "_dsteps.png"),
                                  "D-Steps: held-out accuracy of real-vs-generated classifier", "step", "accuracy",

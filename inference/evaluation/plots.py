@@ -39,7 +39,8 @@ def histograms(series: Dict[str, torch.Tensor], path: Path, title: str, bins: in
     for ax, (name, v) in zip(axes[0], series.items()):
         v = torch.as_tensor(v, dtype=torch.float32)
         v = v[~torch.isnan(v)]
-        ax.hist(v.numpy(), bins=bins, range=(min(0.0, float(v.min())) if len(v) else 0.0, 1.0), color="#55a868")
+        unit = len(v) > 0 and float(v.min()) >= -1.0 and float(v.max()) <= 1.0
+        ax.hist(v.numpy(), bins=bins, range=(min(0.0, float(v.min())), 1.0) if unit else None, color="#55a868")
         ax.set_title(f"{name} (mean {float(v.mean()) if len(v) else float('nan'):.3f})", fontsize=9)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()

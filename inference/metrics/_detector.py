@@ -217,6 +217,8 @@ def train_cropnet(images: torch.Tensor, centres: torch.Tensor, labels: torch.Ten
         bar = tqdm(total=steps, desc="training structure checker", leave=False)
     t0 = time.time()
     net.train()
+    grad_mode = torch.is_grad_enabled()
+    torch.set_grad_enabled(True)  # callers may run under no_grad
     try:
         for step in range(steps):
             x, tgt, off_t, ext_t, pos = sample_crops(images, centres, labels, valid, batch_size, gen, extras,
@@ -243,6 +245,7 @@ def train_cropnet(images: torch.Tensor, centres: torch.Tensor, labels: torch.Ten
                     log(f"time limit reached after {step + 1} steps")
                 break
     finally:
+        torch.set_grad_enabled(grad_mode)
         if bar is not None:
             bar.close()
     net.eval()

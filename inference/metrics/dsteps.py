@@ -120,8 +120,9 @@ def d_steps(real: torch.Tensor, fake: torch.Tensor, *, threshold: float = 0.9, b
     real_tr, fake_tr = real[:-num_eval], fake[:-num_eval]
     if num_train is not None:
         real_tr, fake_tr = real_tr[:num_train], fake_tr[:num_train]
-    runs = [_one_run(real_tr, fake_tr, ev_x, ev_y, threshold, batch_size, lr, eval_every, max_steps,
-                     seed + r, progress) for r in range(repeats)]
+    with torch.enable_grad():  # callers may run under no_grad
+        runs = [_one_run(real_tr, fake_tr, ev_x, ev_y, threshold, batch_size, lr, eval_every, max_steps,
+                         seed + r, progress) for r in range(repeats)]
     protocol = dict(DSTEPS_PROTOCOL, threshold=threshold, batch_size=batch_size, lr=lr,
                     eval_every=eval_every, max_steps=max_steps, num_train=len(real_tr),
                     num_eval=num_eval, seed=seed, repeats=repeats)

@@ -74,14 +74,15 @@ def zwhat_classification_accuracy(features: torch.Tensor, labels: torch.Tensor, 
     mlp = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
     opt = torch.optim.Adam(mlp.parameters(), lr=lr)
     xt, yt = x[tr], y[tr]
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=g)
-        for s in range(0, len(xt), batch_size):
-            i = perm[s:s + batch_size]
-            loss = nn.functional.cross_entropy(mlp(xt[i]), yt[i])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    with torch.enable_grad():  # callers may run under no_grad
+        for _ in range(epochs):
+            perm = torch.randperm(len(xt), generator=g)
+            for s in range(0, len(xt), batch_size):
+                i = perm[s:s + batch_size]
+                loss = nn.functional.cross_entropy(mlp(xt[i]), yt[i])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     with torch.no_grad():
         acc = float((mlp(x[te]).argmax(-1) == y[te]).float().mean())
         tr_acc = float((mlp(xt).argmax(-1) == yt).float().mean())
