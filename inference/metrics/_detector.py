@@ -95,7 +95,7 @@ class Detections:
 
 
 def decode(logits: torch.Tensor, offsets: torch.Tensor, extras: torch.Tensor, threshold: float = 0.5,
-           merge_radius: float = 8.0, vote_threshold: float = 0.15) -> List[Detections]:
+           merge_radius: float = 10.0, vote_threshold: float = 0.15) -> List[Detections]:
     """Detections per image from :meth:`CropNet.dense` outputs (see module docstring)."""
     p = logits.float().softmax(1)
     fg = 1 - p[:, 0]
@@ -148,12 +148,21 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + sd * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
+def pad_images(images: torch.Tensor, pad_mode: str = "constant") -> torch.Tensor:
+    """Pad training images by :data:`HALF` px on each side (once, before sampling crops)."""
+    if pad_mode == "constant":
+        return F.pad(images, (HALF, HALF, HALF, HALF))
+    padded = F.pad(images.float(), (HALF, HALF, HALF, HALF), mode=pad_mode)
+    return padded.round().to(torch.uint8) if images.dtype == torch.uint8 else padded
+
+
 def sample_crops(images: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                  batch_size: int, gen: torch.Generator, extras: Optional[torch.Tensor] = None,
-                 pad_mode: str = "constant"):
+                 pad_mode: str = "constant", padded: Optional[torch.Tensor] = None):
     """A training batch of crops with targets (see module docstring).
 
-    ``images``: (M, C, H, W) float or uint8 (already at working scale), ``centres`` (M, N, 2),
+    ``images``: (M, C, H, W) float or uint8 (already at working scale; ``padded``: the same
+    padded by :func:`pad_images`, computed here when not given), ``centres`` (M, N, 2),
     ``labels`` (M, N), ``valid`` (M, N). Returns crops (B, C, 38, 38) float, class targets (B,)
     (-100 = ignore), offset targets (B, 2), extra targets (B, E) and a (B,) bool "positive" mask.
     """
@@ -188,7 +197,8 @@ def sample_crops(images: torch.Tensor, centres: torch.Tensor, labels: torch.Tens
     off = (near_c - pts) / STRIDE
     ext = extras[img_idx, near] if extras is not None else torch.zeros(batch_size, 0)
     # crops: pad by HALF, then gather the integer window centred at pts
-    padded = F.pad(images if pad_mode == "constant" else images.float(), (HALF, HALF, HALF, HALF), mode=pad_mode)
+    if padded is None:
+        padded = pad_images(images, pad_mode)
     x0, y0 = pts[:, 0].long(), pts[:, 1].long()
     ar = torch.arange(CROP)
     ys = (y0[:, None] + ar)[:, None, :, None]
@@ -216,13 +226,14 @@ def train_cropnet(images: torch.Tensor, centres: torch.Tensor, labels: torch.Ten
         from tqdm import tqdm
         bar = tqdm(total=steps, desc="training structure checker", leave=False)
     t0 = time.time()
+    padded = pad_images(images, pad_mode)
     net.train()
     grad_mode = torch.is_grad_enabled()
     torch.set_grad_enabled(True)  # callers may run under no_grad
     try:
         for step in range(steps):
             x, tgt, off_t, ext_t, pos = sample_crops(images, centres, labels, valid, batch_size, gen, extras,
-                                                     pad_mode=pad_mode)
+                                                     pad_mode=pad_mode, padded=padded)
             if use_augment:
                 x = augment(x, gen)
             logits, off, ext = net(x)
