@@ -83,6 +83,9 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
 
     file = find_checkpoint(path)
     ckpt_model = load_checkpoint(file).get("model")  # validates the file before any building
+    if ckpt_model not in MODEL_METRICS:
+        raise CheckpointError(f"{file}: a checkpoint of model {ckpt_model!r}, which has no evaluator "
+                              f"(evaluators: {', '.join(MODEL_METRICS)})")
     chosen = select_metrics(str(ckpt_model), metrics)
     try:
         recipe, config, model, guide, step = restore(file, device=device)
