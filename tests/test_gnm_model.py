@@ -357,3 +357,21 @@ def test_structdraw_memo_reuses_only_identical_inputs():
         StructDRAW.step = orig
     poutine.trace(guide).get_trace(x)
     copy.deepcopy(model)  # the memo is never copied
+
+
+@pytest.mark.parametrize("k,u", [(1, 2), (1, 4), (3, 2)])
+def test_subpixel_conv_matches_conv_and_pixel_shuffle(k, u):
+    from pyro_scenes.nn.subpixel import SubPixelConv, pixel_shuffle
+
+    conv = SubPixelConv(5, 3, k, u).double()
+    x = torch.randn(4, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    ref = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=(k - 1) // 2), u)
+    out = conv(x)
+    assert out.shape == (4, 3, 6 * u, 7 * u) and torch.allclose(out, ref)
+    y = torch.randn(2, 12, 5, 3)
+    assert torch.equal(pixel_shuffle(y, 2), torch.nn.functional.pixel_shuffle(y, 2))
+    g = torch.randn_like(out)
+    ga = torch.autograd.grad((out * g).sum(), [x, conv.weight, conv.bias])
+    gb = torch.autograd.grad((ref * g).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(ga, gb):
+        assert torch.allclose(a, b)
