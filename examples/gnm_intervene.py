@@ -34,6 +34,7 @@ def load(run, dataset, index):
         recipe = GNMRecipe()
         config = recipe.default_config(dataset)
         config.update(cache_dir="", seed=0)
+        torch.manual_seed(0)
         model, guide = recipe.build(config, torch.device("cpu"))
         step = 0
         print("no --run given: using an untrained model")
@@ -103,6 +104,7 @@ def main(argv=None):
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.out, dpi=110)
     print(f"wrote {a.out}: removed cell {r['gone']}, moved cell {r['moved_cell']} by {a.shift} cells")
+    return r
 
 
 if __name__ == "__main__":
