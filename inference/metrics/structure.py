@@ -11,7 +11,7 @@ source included), and retrained when missing or unreadable.
   digits, trained on ``mnist4-10`` training scenes of the requested image size, resized to
   128 px; object centres are the centres of the digits' tight boxes.
 * ``arrow`` family: three shape classes plus the arrow, with the arrow's direction regressed;
-  images are resized to 64 px for the detector; object centres are the dataset's ``centers``,
+  images are resized to 128 px for the detector; object centres are the dataset's ``centers``,
   the arrow's is the midpoint of its axis.
 
 A checker is specific to an image size (64 px for the CPU GNM configuration, 128 px for the
@@ -45,8 +45,8 @@ CHECKER_VERSION = 1
 CACHE_ENV = "PYRO_SCENES_CACHE"
 FAMILIES = {"mnist4": "mnist", "mnist10": "mnist", "mnist4-10": "mnist", "arrow": "arrow"}
 #: the resolution the detector works at: images of any size are resized to it (digits are then
-#: about 20 px tall, the arrow scenes' objects 10-18 px)
-WORK_SIZE = {"mnist": 128, "arrow": 64}
+#: about 20 px tall, the arrow scenes' objects 20-36 px)
+WORK_SIZE = {"mnist": 128, "arrow": 128}
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -150,6 +150,7 @@ class StructureChecker:
                    cache=None) -> Path:
         family = _family(dataset)
         key = json.dumps(dict(family=family, version=CHECKER_VERSION, settings=settings.key(), image_size=image_size,
+                              work_size=WORK_SIZE[family],
                               data=dataset_config), sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return cache_dir(cache) / "checkers" / f"{family}-v{CHECKER_VERSION}-{image_size}px-{digest}.pt"
