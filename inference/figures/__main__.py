@@ -1,0 +1,44 @@
+"""Draw a run's figures from a checkpoint: ``python -m inference.figures RUN_DIR_OR_CHECKPOINT``.
+
+Uses the model's recipe (the same figures a training run writes) on held-out images.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import torch
+
+
+@click.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="folder for the PNGs [default: <run>/figures]")
+@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
+@click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def main(path: Path, out_dir, split: str, num_images: int, device: str):
+    """Write the figures of the run or checkpoint PATH."""
+    from inference.training.checkpoint import CheckpointError, find_checkpoint, restore
+
+    try:
+        ckpt = find_checkpoint(path)
+        recipe, config, model, guide, step = restore(ckpt, device=device)
+    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        raise click.ClickException(str(err))
+    model.eval()
+    guide.eval()
+    dataset = recipe.make_dataset(config, split)
+    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(num_images, len(dataset)))])
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "ckpt" else ckpt.parent
+    out_dir = out_dir or run_dir / "figures"
+    with torch.no_grad():
+        paths = recipe.figures(model, guide, batch, Path(out_dir), step)
+    for p in paths:
+        click.echo(str(p))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
