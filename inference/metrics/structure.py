@@ -47,6 +47,9 @@ FAMILIES = {"mnist4": "mnist", "mnist10": "mnist", "mnist4-10": "mnist", "arrow"
 #: the resolution the detector works at: images of any size are resized to it (digits are then
 #: about 20 px tall, the arrow scenes' objects 20-36 px)
 WORK_SIZE = {"mnist": 128, "arrow": 128}
+#: decoding settings (detection threshold on the noisy-or of a group's votes, merge radius in px
+#: at the working size): the arrow scenes' objects are bigger and their detector less certain
+DECODE = {"mnist": dict(threshold=0.5, merge_radius=10.0), "arrow": dict(threshold=0.7, merge_radius=13.0)}
 
 
 def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -67,7 +70,7 @@ def cache_dir(path=None) -> Path:
 class TrainSettings:
     """How a checker's detector is trained (part of the cache key)."""
     num_scenes: int = 2000
-    steps: int = 1500
+    steps: int = 3000
     batch_size: int = 128
     lr: float = 2e-3
     width: int = 32
@@ -135,14 +138,14 @@ class StructureChecker:
     """Detect objects and check a dataset's structure rule on images alone."""
 
     def __init__(self, dataset: str, net: CropNet, image_size: int, info: Optional[Dict] = None,
-                 threshold: float = 0.5) -> None:
+                 decode_options: Optional[Dict] = None) -> None:
         self.dataset = dataset
         self.family = _family(dataset)
         self.net = net.eval()
         self.image_size = int(image_size)
         self.scale = WORK_SIZE[self.family] / self.image_size
         self.info = info or {}
-        self.threshold = threshold
+        self.decode_options = dict(DECODE[self.family], **(decode_options or {}))
 
     # -- construction -------------------------------------------------------------------
     @staticmethod
@@ -235,7 +238,7 @@ class StructureChecker:
         pad = "constant" if self.family == "mnist" else "replicate"
         for s in range(0, len(x), batch_size):
             logits, off, ext = self.net.dense(x[s:s + batch_size], pad_mode=pad)
-            out += [d.scaled(1 / self.scale) for d in decode(logits, off, ext, threshold=self.threshold)]
+            out += [d.scaled(1 / self.scale) for d in decode(logits, off, ext, **self.decode_options)]
         return out
 
     def rule(self, det: Detections):
