@@ -7,12 +7,15 @@ RMSprop) at batch 32 with ``GNM.preset("mnist")`` (targets: <= 0.7 s; the author
 0.7-1.1 s here, SPEC.md), and (2) the Pyro overhead: that Pyro step divided by the same step with
 a hand-written PyTorch computation of the same loss with the same networks (target <= 1.15).
 Both steps are timed interleaved (ABAB...) and the medians compared, so machine load drifts hit
-both alike. Pyro's argument/support validation (on by default in Pyro) is switched off unless
+both alike. A third variant, the hand-written step with the straightforward kernels a plain
+implementation uses (``affine_grid``/``grid_sample`` per glimpse, NCHW decoders with the native
+pixel shuffle), shows what this library's kernels save. Pyro's argument/support validation (on by default in Pyro) is switched off unless
 ``--validation`` is given: it is a debugging aid that costs a few percent per step.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import time
@@ -78,6 +81,29 @@ def torch_loss(model, guide, x, step, config, schedules):
     return (-(log_like - s["beta_g"] * kl_g - kl - aux)).mean()
 
 
+@contextlib.contextmanager
+def straightforward_kernels(*modules):
+    """Swap in the straightforward kernels a plain implementation (like the authors') uses:
+    affine_grid + grid_sample placement of every glimpse, then a sum over cells; NCHW sub-pixel
+    decoders with the native pixel shuffle. Same values; for an A/B of this library's kernels."""
+    import pyro_scenes.gnm.render as render
+    from pyro_scenes.nn.stn import place_grid_sample
+    from pyro_scenes.nn.subpixel import SubPixelConv, SubPixelStack
+
+    old_place, old_fwd = render.place_sum, SubPixelConv.forward
+    stacks = [m for mod in modules for m in mod.modules() if isinstance(m, SubPixelStack)]
+    render.place_sum = lambda g, w, size: place_grid_sample(g, w, size).sum(-4)
+    SubPixelConv.forward = lambda self, x: F.pixel_shuffle(torch.nn.Conv2d.forward(self, x), self.upscale)
+    for m in stacks:
+        m.channels_last = False
+    try:
+        yield
+    finally:
+        render.place_sum, SubPixelConv.forward = old_place, old_fwd
+        for m in stacks:
+            m.channels_last = True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="mnist")
@@ -121,7 +147,12 @@ def main():
 
     for _ in range(2):
         pyro_step(), torch_step()
-    tp, tt, cp, ct = [], [], [], []
+    def plain_step():
+        with straightforward_kernels(model, guide):
+            torch_step()
+
+    plain_step()
+    tp, tt, cp, ct, tn, cn = [], [], [], [], [], []
     for _ in range(a.repeats):
         t0, c0 = time.perf_counter(), time.process_time()
         pyro_step()
@@ -131,7 +162,12 @@ def main():
         torch_step()
         tt.append(time.perf_counter() - t0)
         ct.append(time.process_time() - c0)
-    mp, mt = statistics.median(tp), statistics.median(tt)
+        t0, c0 = time.perf_counter(), time.process_time()
+        plain_step()
+        tn.append(time.perf_counter() - t0)
+        cn.append(time.process_time() - c0)
+    mp, mt, mn = statistics.median(tp), statistics.median(tt), statistics.median(tn)
+    cpu_n = statistics.median(cn)
     cpu_p, cpu_t = statistics.median(cp), statistics.median(ct)
     n = sum(p.numel() for p in params)
     print(f"GNM preset {a.preset!r} ({n:,} parameters), batch {a.batch_size}, {cfg.image_size}x{cfg.image_size}, "
@@ -140,6 +176,8 @@ def main():
     print(f"  Pyro SVI step (loss + backward + clip + RMSprop): {mp:.3f} s/step wall, {cpu_p:.3f} s CPU   (target <= 0.7 s)")
     print(f"  hand-written PyTorch step, same loss:             {mt:.3f} s/step wall, {cpu_t:.3f} s CPU")
     print(f"  Pyro overhead: {mp / mt:.3f} (wall), {cpu_p / cpu_t:.3f} (CPU time)   (target <= 1.15)")
+    print(f"  same PyTorch step with straightforward kernels (grid_sample STN, NCHW native pixel shuffle): "
+          f"{mn:.3f} s/step wall, {cpu_n:.3f} s CPU = {mn / mp:.2f} x the Pyro step")
     print(f"  1-minute load average {load:.2f} on {os.cpu_count()} cores (other processes inflate wall time)")
 
 

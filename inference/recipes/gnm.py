@@ -304,11 +304,11 @@ def gnm_figures(model, guide, images: torch.Tensor, out_dir: Path, prefix: str =
         plt.close(fig)
 
         gen = model.sample(16)
-        fig, axes = plt.subplots(2, 8, figsize=(12.8, 3.4), squeeze=False)
+        fig, axes = plt.subplots(2, 8, figsize=(12.8, 3.9), squeeze=False)
         for i, ax in enumerate(axes.flat):
             ax.imshow(_to_rgb(gen[i])), ax.set_xticks([]), ax.set_yticks([])
         fig.suptitle("generations (z^g ~ prior, mode z^s)")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 0.93))
         paths.append(out_dir / f"{prefix}generations.png")
         fig.savefig(paths[-1], dpi=100)
         plt.close(fig)
