@@ -131,19 +131,7 @@ def write_split(dataset, path: str | os.PathLike, batch_size: int = 256,
         },
     }
     arrays["__meta__"] = np.array(json.dumps(info))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
     try:  # make the rename durable too
         dfd = os.open(path.parent, os.O_RDONLY)
         try:
@@ -153,6 +141,25 @@ def write_split(dataset, path: str | os.PathLike, batch_size: int = 256,
     except OSError:  # pragma: no cover - e.g. platforms without directory fsync
         pass
     return path
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over
+    ``path``; on any error the temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 class CachedDataset(Dataset):

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
+from .cache import atomic_write
 from .errors import DatasetError
 from .registry import DATASET_NAMES, make_dataset
 
@@ -123,19 +122,7 @@ def render_grid(name: str, batch: dict, cols: int | None = None):
 
 
 def save_png_atomic(image, out: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", optimize=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(out, lambda f: image.save(f, format="PNG", optimize=True))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -11,15 +11,6 @@ from datasets.sprites import UNIQUE_COLORS
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small renders are faster single-threaded, and far faster when the 2 cores are busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------- helpers
 def check_ground_truth(batch, image_size, channels):
     """Invariants every dataset's ground truth must satisfy."""

@@ -17,14 +17,6 @@ from datasets import digits as ddigits
 from datasets.preview import main as preview_main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _no_mnist_env(monkeypatch):
     monkeypatch.delenv(ddigits.MNIST_ENV, raising=False)

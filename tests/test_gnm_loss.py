@@ -21,15 +21,6 @@ from inference.training.config import TRAINER_DEFAULTS
 from pyro_scenes import GNM
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def recipe_config(dataset, **overrides):
     r = GNMRecipe()
     cfg = dict(TRAINER_DEFAULTS)

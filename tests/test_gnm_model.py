@@ -14,15 +14,6 @@ from pyro_scenes.gnm import ConcreteBernoulli, GNMConfig, preset, where_from_raw
 from pyro_scenes.gnm.render import RenderOptions, render_additive, render_alpha
 from pyro_scenes.nn.stn import place
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 LATENTS = ["z_g_1", "z_g_2", "z_g_3", "z_g_4", "z_pres", "z_where", "z_depth", "z_what"]
 
 

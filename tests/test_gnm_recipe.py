@@ -16,14 +16,6 @@ from inference.training.config import TRAINER_DEFAULTS
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def config(dataset="mnist4", **overrides):
     cfg = dict(TRAINER_DEFAULTS)
     cfg.update(GNMRecipe().default_config(dataset))

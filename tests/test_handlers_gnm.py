@@ -20,14 +20,6 @@ from pyro_scenes import GNM
 from pyro_scenes.gnm import ConcreteBernoulli, RenderOptions, render_options
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(autouse=True)
 def _fresh():
     pyro.clear_param_store()

@@ -5,15 +5,6 @@ import torch
 from pyro_scenes.nn.stn import boxes_to_where, crop, place, place_grid_sample, place_sum, where_to_boxes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def random_where(*shape, dtype=torch.float64):
     s = torch.rand(*shape, 2, dtype=dtype) * 0.6 + 0.05
     c = torch.rand(*shape, 2, dtype=dtype) * 2.4 - 1.2  # some boxes partly outside the image
