@@ -5,6 +5,7 @@ what both papers use (GNM supplement section 3; SPEC.md "Schedules").
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Union
 
@@ -46,6 +47,36 @@ class Linear:
             return float(self.end)
         frac = (step - self.begin) / (self.finish - self.begin)
         return float(self.start + frac * (self.end - self.start))
+
+
+@dataclass(frozen=True)
+class Geometric:
+    """``start`` until ``begin``, geometric (linear in log) to ``end`` at step ``finish``, then ``end``.
+
+    For positive scales spanning orders of magnitude, e.g. ECON's competition temperature.
+
+    >>> Geometric(100.0, 1.0, 0, 100)(50)
+    10.0
+    """
+
+    start: float
+    end: float
+    begin: int
+    finish: int
+
+    def __post_init__(self):
+        if not (self.start > 0 and self.end > 0):
+            raise ValueError(f"Geometric schedule needs positive values, got {self.start} and {self.end}")
+        if self.finish < self.begin:
+            raise ValueError(f"Geometric schedule ends (step {self.finish}) before it begins (step {self.begin})")
+
+    def __call__(self, step: int) -> float:
+        if step <= self.begin:
+            return float(self.start)
+        if step >= self.finish:
+            return float(self.end)
+        frac = (step - self.begin) / (self.finish - self.begin)
+        return float(math.exp(math.log(self.start) + frac * (math.log(self.end) - math.log(self.start))))
 
 
 def as_schedule(value: ScheduleLike) -> Schedule:

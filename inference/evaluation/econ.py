@@ -48,7 +48,7 @@ def evaluate_econ(model, guide, dataset, metrics: Sequence[str] = METRICS, num_s
     num_experts = int(getattr(model, "num_experts", 0)) or None
     aris, fg_aris, mscs = [], [], []
     classes, experts, ious_pred, ious_true, occluded = [], [], [], [], []
-    bg_experts = []
+    bg_experts, winners = [], []
     rng = range(0, n, batch_size)
     if progress:
         from tqdm import tqdm
@@ -59,6 +59,7 @@ def evaluate_econ(model, guide, dataset, metrics: Sequence[str] = METRICS, num_s
         x = batch["image"].to(device)
         dec = decompose(model, guide, x)
         regions = dec["regions"].float().cpu()
+        winners.append(dec["experts"].cpu())
         pred = econ_metrics.segmentation_from_regions(regions)
         true = batch["segmentation"]
         if pred.shape != true.shape:
@@ -86,6 +87,10 @@ def evaluate_econ(model, guide, dataset, metrics: Sequence[str] = METRICS, num_s
             full = batch["masks"].flatten(2).sum(-1)
             occluded.append(ok & batch["valid"] & (vis < full))
     results: Dict = {"num_scenes": n}
+    won = torch.cat(winners)  # (n, T): winning expert per layer
+    ne = num_experts or int(won.max()) + 1
+    # win_share[t - 1][k]: share of the scenes whose layer t (1 = back) expert k explains
+    results["win_share"] = [torch.bincount(won[:, t], minlength=ne).div(n).tolist() for t in range(won.shape[1])]
     out: Dict = {"results": results, "per_image": {}, "class_names": names}
     for key, vals in (("ari", aris), ("fg-ari", fg_aris), ("msc", mscs)):
         if vals:

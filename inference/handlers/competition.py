@@ -3,8 +3,15 @@
 At every guide site that carries competition terms in ``infer["competition"]`` (ECONGuide's
 ``k_t``: each expert's ``L_x`` and ``L_r`` at this step, shape ``(..., K)``) the messenger
 scores the experts by ``lambda * L_x(k) + L_r(k)``, picks the winner stochastically with
-``P(k) ~ exp(-score)`` (or greedily by argmin) and replaces the site's distribution by a point
-mass at the winner. A point mass has log-density 0 and no score-function term, so ``k_t``
+``P(k) ~ exp(-score / temperature)`` (or greedily by argmin) and replaces the site's
+distribution by a point mass at the winner.
+
+The temperature is this project's addition (docs/econ.md, "The competition temperature"):
+section 5.2 leaves the competition objective to the implementer and asks for a *stochastic*
+competition early in training. With temperature 1 (the literal ``exp(-score)``) the scores sum
+over ~3,000 pixel values at sigma_x = 0.1, the gaps between experts are hundreds to thousands
+of nats and the draw is an argmin in practice. A temperature of the order of the number of
+pixel values makes the early competition a real draw; annealing it to 1 restores the paper's. A point mass has log-density 0 and no score-function term, so ``k_t``
 adds no REINFORCE gradient and the loss contains only the winner's terms: the greedy
 maximisation of eq. (13) over k_{1:T} that the paper describes.
 """
@@ -57,18 +64,21 @@ class Competition(Messenger):
 
     :param lam: lambda, the weight of the appearance term L_x in the competition objective
         (the paper uses L_x + L_r for unique colours and L_r alone, lambda = 0, for random colours).
-    :param greedy: take the argmin of the score instead of sampling ``P(k) ~ exp(-score)``.
+    :param greedy: take the argmin of the score instead of sampling ``P(k) ~ exp(-score / temperature)``.
+    :param temperature: divides the scores before the draw (1: the literal ``exp(-score)``).
 
     Use it on the guide only::
 
         loss = elbo.differentiable_loss(model, Competition(lam=1.0)(guide), x)
     """
 
-    def __init__(self, lam: float = 1.0, greedy: bool = False):
+    def __init__(self, lam: float = 1.0, greedy: bool = False, temperature: float = 1.0):
         super().__init__()
-        if lam < 0:
+        if not lam >= 0:
             raise ValueError(f"Competition: lambda must be >= 0, got {lam}")
-        self.lam, self.greedy = float(lam), bool(greedy)
+        if not temperature > 0:
+            raise ValueError(f"Competition: temperature must be > 0, got {temperature}")
+        self.lam, self.greedy, self.temperature = float(lam), bool(greedy), float(temperature)
 
     def scores(self, terms) -> torch.Tensor:
         """The competition objective lambda * L_x + L_r, shape (..., K)."""
@@ -83,6 +93,6 @@ class Competition(Messenger):
         if self.greedy:
             winner = score.argmin(-1).expand(shape)
         else:
-            winner = dist.Categorical(logits=-score).expand(shape).sample()
+            winner = dist.Categorical(logits=-score / self.temperature).expand(shape).sample()
         msg["fn"] = Winner(winner, score.shape[-1])
         msg["infer"]["competition_scores"] = score

@@ -56,6 +56,15 @@ class Recipe:
         with torch.no_grad():
             return float(self.loss(model, guide, images, step, config)[0])
 
+    def validation_metrics(self, model, guide, dataset, step: int, config: Dict) -> Dict[str, float]:
+        """Numbers that show learning (FG-ARI, specialisation, box AP, ...) on held-out ``dataset``.
+
+        Called at every validation with the model and guide in eval mode; the trainer writes the
+        result under ``"metrics"`` in ``val.jsonl`` and plots every scalar in ``metrics.png``.
+        Values are floats, or lists of floats (one curve each).
+        """
+        return {}
+
     def figures(self, model, guide, batch: Dict[str, torch.Tensor], out_dir: Path, step: int) -> List[Path]:
         """Write figures for a batch of held-out items into ``out_dir``; return their paths."""
         return []

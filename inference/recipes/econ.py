@@ -43,6 +43,9 @@ class ECONRecipe(Recipe):
             num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
             **CPU_NETWORKS,
             beta=s["beta"], gamma=s["gamma"], lam=s["lam"], greedy=False,
+            # competition temperature, geometric from `temperature` to `temperature_final` over the
+            # first `temperature_steps` steps (docs/econ.md, "The competition temperature")
+            temperature=1.0, temperature_final=1.0, temperature_steps=0,
             plateau_patience=5, plateau_factor=1 / math.sqrt(10),
         )
 
@@ -53,7 +56,9 @@ class ECONRecipe(Recipe):
         for key in positive_int:
             if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-        for key in ["lr", "sigma_x", "plateau_factor"]:
+        if not isinstance(config["temperature_steps"], int) or isinstance(config["temperature_steps"], bool) or config["temperature_steps"] < 0:
+            raise ValueError(f"temperature_steps must be an integer >= 0, got {config['temperature_steps']!r}")
+        for key in ["lr", "sigma_x", "plateau_factor", "temperature", "temperature_final"]:
             if not isinstance(config[key], (int, float)) or not config[key] > 0:
                 raise ValueError(f"{key} must be a positive number, got {config[key]!r}")
         for key in ["beta", "gamma", "lam"]:
@@ -95,8 +100,54 @@ class ECONRecipe(Recipe):
     def loss(self, model, guide, images, step, config):
         from inference.objectives import econ_loss
 
-        loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"], greedy=config["greedy"])
-        return loss, {}
+        temperature = self.temperature(step, config)
+        loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"],
+                         greedy=config["greedy"], temperature=temperature)
+        return loss, {"temperature": temperature}
+
+    @staticmethod
+    def temperature(step: int, config: Dict) -> float:
+        """The competition temperature at ``step`` (geometric annealing)."""
+        from inference.schedules import Geometric
+
+        return Geometric(config["temperature"], config["temperature_final"], 0, config["temperature_steps"])(step)
+
+    def validation_metrics(self, model, guide, dataset, step, config) -> Dict:
+        """FG-ARI, specialisation, shape IoU and each expert's share of wins per layer (greedy
+        decomposition of ``val_items`` scenes), and each expert's gradient norm on one batch."""
+        from inference.evaluation.econ import evaluate_econ
+
+        res = evaluate_econ(model, guide, dataset, metrics=("fg-ari", "specialisation", "shape-iou"),
+                            num_samples=config["val_items"], batch_size=config["batch_size"], progress=False)["results"]
+        out = {"fg-ari": res["fg-ari"], "specialisation": res["specialisation"],
+               "specialisation_with_background": res["specialisation_with_background"],
+               "experts_distinct": float(res["experts_distinct"]), "shape-iou": res["shape-iou"]}
+        for t, share in enumerate(res["win_share"], start=1):
+            out[f"win_share_t{t}"] = share
+        out.update(self.expert_gradient_norms(model, guide, dataset, step, config))
+        return out
+
+    def expert_gradient_norms(self, model, guide, dataset, step, config) -> Dict:
+        """Each expert's gradient norm (attention, encoder, decoder) of the training loss on one
+        held-out batch: an expert that never wins shows 0 and is not learning."""
+        n = min(config["batch_size"], len(dataset))
+        batch = dataset.generate(list(range(n))) if hasattr(dataset, "generate") else None
+        images = batch["image"] if batch is not None else torch.stack([dataset[i]["image"] for i in range(n)])
+        params = [p for m in (model, guide) for p in m.parameters()]
+        saved = [p.grad for p in params]
+        for p in params:
+            p.grad = None
+        try:
+            with torch.enable_grad():
+                self.loss(model, guide, images.to(next(model.parameters()).device), step, config)[0].backward()
+            out = {}
+            for name, net in (("attention", guide.attention), ("encoder", guide.encoder), ("decoder", model.decoder)):
+                sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in net.parameters() if p.grad is not None)
+                out[f"grad_norm_{name}"] = (sq.sqrt().tolist() if torch.is_tensor(sq) else [0.0] * model.num_experts)
+            return out
+        finally:
+            for p, g in zip(params, saved):
+                p.grad = g
 
     def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
         from inference.figures.econ import econ_figures

@@ -96,3 +96,37 @@ def plot_losses(run_dir, out_name: str = "loss.png") -> Path | None:
     ax.legend()
     fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.96)
     return atomic_write(run_dir / out_name, lambda f: fig.savefig(f, format="png"))
+
+
+def plot_metrics(run_dir, out_name: str = "metrics.png") -> Path | None:
+    """One panel per learning metric in ``val.jsonl`` (``"metrics"``) against step; a list-valued
+    metric (e.g. each expert's share of wins) draws one line per entry. None if nothing to draw."""
+    run_dir = Path(run_dir)
+    records = [r for r in read_jsonl(run_dir / "val.jsonl") if isinstance(r.get("metrics"), dict)]
+    names = []
+    for r in records:
+        names += [k for k, v in r["metrics"].items() if k not in names and isinstance(v, (int, float, list))]
+    if not names:
+        return None
+    from matplotlib.figure import Figure
+
+    cols = min(4, len(names))
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.5 * rows), dpi=100)
+    for i, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        points = [(r["step"], r["metrics"][name]) for r in records if name in r["metrics"]]
+        if isinstance(points[-1][1], list):
+            width = max(len(v) for _, v in points if isinstance(v, list))
+            for j in range(width):
+                xy = [(s, v[j]) for s, v in points if isinstance(v, list) and j < len(v) and v[j] is not None]
+                ax.plot([s for s, _ in xy], [v for _, v in xy], "o-", ms=2, lw=1, label=str(j))
+            ax.legend(fontsize=6, ncol=2)
+        else:
+            xy = [(s, v) for s, v in points if isinstance(v, (int, float)) and math.isfinite(v)]
+            ax.plot([s for s, _ in xy], [v for _, v in xy], "o-", ms=2, lw=1)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return atomic_write(run_dir / out_name, lambda f: fig.savefig(f, format="png"))

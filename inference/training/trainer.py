@@ -38,7 +38,7 @@ import torch
 from inference.training import checkpoint as ckpt_mod
 from inference.training.data import BatchStream, fixed_batch, iterate_fixed
 from inference.training.files import atomic_write_text
-from inference.training.logs import JsonlLog, plot_losses
+from inference.training.logs import JsonlLog, plot_losses, plot_metrics
 from inference.training.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
 from inference.training.rundir import RunDir
 
@@ -262,6 +262,7 @@ class Trainer:
     def plot(self) -> None:
         try:
             plot_losses(self.run_dir.path)
+            plot_metrics(self.run_dir.path)
         except Exception as e:  # a figure must never stop training
             self._warn(f"could not draw loss.png: {e}")
         self._plotted_at = time.monotonic()
@@ -290,6 +291,21 @@ class Trainer:
             self.model.train(before[0])
             self.guide.train(before[1])
         return total / n if n else None
+
+    def validation_metrics(self) -> Dict[str, Any]:
+        """The recipe's learning metrics on the validation set (fixed noise); {} if it has none."""
+        if len(self.val_set) == 0:
+            return {}
+        before = self._modes(False)
+        try:
+            with preserved_rng(self.config["seed"] + VAL_SEED_OFFSET):
+                return self.recipe.validation_metrics(self.model, self.guide, self.val_set, self.step, self.config) or {}
+        except Exception:
+            self._warn(f"validation metrics at step {self.step} failed (training goes on):\n{traceback.format_exc()}")
+            return {}
+        finally:
+            self.model.train(before[0])
+            self.guide.train(before[1])
 
     def figures(self) -> List[Path]:
         if len(self.val_set) == 0:
@@ -355,8 +371,13 @@ class Trainer:
             return None
         if step_scheduler and is_plateau(self.scheduler):
             self.scheduler.step(val)
+        metrics = self.validation_metrics()
         record = {"step": self.step, "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"],
                   "time": round(self.elapsed, 3), "seconds": round(time.perf_counter() - t0, 3)}
+        if metrics:
+            record["metrics"] = metrics
+            self.echo(f"validation at step {self.step}: " + "  ".join(
+                f"{k} {v:.3g}" for k, v in metrics.items() if isinstance(v, (int, float))))
         if final:
             record["final"] = True
         JsonlLog(self.run_dir.val_path).write(record)

@@ -1,0 +1,263 @@
+"""The competition of experts checked against a reference written from the paper alone.
+
+The reference below re-derives, for every expert separately (a Python loop, per-item weights),
+the competition terms of eq. (10) and (12), the winner, the sample z that was scored and the
+winner's eq. (13) terms with gradients, from the networks and the noise the guide draws. It
+takes nothing from the guide's trace or from ``Competition`` except what it compares: the
+winners, the z values, the scores the handler used, the loss and its gradients. These checks
+fail on each of three bugs that the older tests missed (a detached region in ``explain``, a z
+drawn with fresh noise, an unweighted L_x) and on wrong competition objectives.
+"""
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+
+from guides import ECONGuide
+from inference.handlers import Competition, ScaleSites
+from inference.objectives import econ_loss
+from inference.recipes.econ import ECONRecipe
+from inference.schedules import Geometric
+from pyro_scenes import ECON
+
+BETA, GAMMA = 2.5, 0.7
+
+
+def tiny(K=3, T=3, size=16, latent=2, seed=0):
+    torch.manual_seed(seed)
+    model = ECON(num_experts=K, num_layers=T, latent_dim=latent, image_size=size, decoder_features=8, decoder_layers=2, sigma_x=0.1)
+    guide = ECONGuide(model, attention_filters=8, attention_blocks=3, encoder_features=8, encoder_layers=2)
+    return model, guide
+
+
+@pytest.fixture(autouse=True)
+def _clean():
+    pyro.clear_param_store()
+    yield
+
+
+def kl_bernoulli(q, p, eps=1e-6):
+    q_, p_ = q.clamp(eps, 1 - eps), p.clamp(eps, 1 - eps)
+    return q * (q_.log() - p_.log()) + (1 - q) * ((1 - q_).log() - (1 - p_).log())
+
+
+def reference(model, guide, x, lam, noises):
+    """Greedy competition and eq. (13) from the paper, expert by expert, with proposal noise
+    ``noises[i]`` (B, K, L) at the i-th step (front to back). Returns winners (T, B), scores
+    (T, B, K), the winners' z (T, B, L) and the loss."""
+    B, K, T, L = x.shape[0], model.num_experts, model.num_layers, model.latent_dim
+    H, sigma = model.image_size, model.sigma_x
+    scope = torch.ones(B, 1, H, H)
+    total = torch.zeros(B)
+    winners, scores, zs = [], [], []
+    for t in range(T, 0, -1):
+        noise = noises[T - t]
+        per_expert = []
+        for k in range(K):
+            which = torch.full((B,), k)
+            region = scope if t == 1 else scope * torch.sigmoid(guide.attention(x, scope, experts=which))  # eq. (9), footnote 7
+            loc, log_var = guide.encoder(x, region, experts=which)
+            std = torch.exp(0.5 * log_var)
+            z = loc + std * noise[:, k]
+            mu, shape = model.decoder(z, experts=which)
+            L_x = (region * (x - mu) ** 2).sum((1, 2, 3)) / (2 * sigma ** 2)  # eq. (10)
+            L_r = kl_bernoulli(region, scope * shape).sum((1, 2, 3))  # eq. (12)
+            L_z = torch.distributions.kl_divergence(torch.distributions.Normal(loc, std), torch.distributions.Normal(0.0, 1.0)).sum(-1)
+            per_expert.append(dict(region=region, z=z, L_x=L_x, L_r=L_r, L_z=L_z))
+        score = torch.stack([lam * e["L_x"] + e["L_r"] for e in per_expert], -1).detach()  # section 5.2
+        k = score.argmin(-1)
+        pick = lambda key: torch.stack([per_expert[int(k[b])][key][b] for b in range(B)])  # noqa: E731
+        total = total + pick("L_x") + BETA * pick("L_z") + GAMMA * pick("L_r")  # eq. (13)
+        winners.append(k)
+        scores.append(score)
+        zs.append(pick("z").detach())
+        scope = scope - pick("region")  # s_{t-1} = s_t - r_t
+    C = x.shape[1]
+    constant = T * math.log(K) + C * H * H * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
+    return torch.stack(winners), torch.stack(scores), torch.stack(zs), (total + constant).mean()
+
+
+class KnownNoise:
+    """Feed the guide's proposal draws (``torch.randn_like``, one (B, K, L) tensor per step) from a list."""
+
+    def __init__(self, noises):
+        self.noises, self.i = noises, 0
+
+    def __enter__(self):
+        self.saved = torch.randn_like
+
+        def randn_like(t, *args, **kwargs):
+            assert t.shape == self.noises[0].shape, "the guide draws proposal noise of an unexpected shape"
+            out, self.i = self.noises[self.i], self.i + 1
+            return out.clone()
+
+        torch.randn_like = randn_like
+        return self
+
+    def __exit__(self, *exc):
+        torch.randn_like = self.saved
+
+
+def check_against_reference(model, guide, x, lam, handler=Competition, seed=11):
+    """Assert that the library's competition, z sites, loss and gradients equal the reference."""
+    params = [p for m in (model, guide) for p in m.parameters()]
+    gen = torch.Generator().manual_seed(seed)
+    noises = [torch.randn(x.shape[0], model.num_experts, model.latent_dim, generator=gen) for _ in range(model.num_layers)]
+    win_ref, score_ref, z_ref, loss_ref = reference(model, guide, x, lam, noises)
+    grad_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
+
+    with KnownNoise(noises):
+        trace = poutine.trace(handler(lam=lam, greedy=True)(guide)).get_trace(x)
+    T = model.num_layers
+    for i, t in enumerate(range(T, 0, -1)):
+        node = trace.nodes[f"k_{t}"]
+        assert torch.allclose(node["infer"]["competition_scores"], score_ref[i], rtol=1e-4, atol=1e-3), f"scores at k_{t}"
+        assert torch.equal(node["value"], win_ref[i]), f"winners at k_{t}"
+        assert torch.allclose(trace.nodes[f"z_{t}"]["value"], z_ref[i], atol=1e-5), f"z_{t} is not the sample that was scored"
+
+    elbo = pyro.infer.TraceMeanField_ELBO()
+    with KnownNoise(noises), ScaleSites({"z_*": BETA, "r_*": GAMMA}):
+        loss = elbo.differentiable_loss(model, handler(lam=lam, greedy=True)(guide), x) / x.shape[0]
+    assert torch.allclose(loss, loss_ref, rtol=1e-5), (loss.item(), loss_ref.item())
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    dense = lambda gs: [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # noqa: E731
+    grads, grad_ref = dense(grads), dense(grad_ref)
+    scale = max(float(r.abs().max()) for r in grad_ref)
+    for g, r in zip(grads, grad_ref):
+        assert torch.allclose(g, r, rtol=1e-3, atol=1e-5 * scale), "gradient differs from eq. (13)"
+
+
+@pytest.mark.parametrize("lam", [1.0, 0.0])
+def test_competition_loss_and_gradients_equal_the_reference(lam):
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    check_against_reference(model, guide, x, lam)
+
+
+class MeanScores(Competition):
+    def scores(self, terms):
+        return (self.lam * terms["L_x"] + terms["L_r"]) / (3 * 16 * 16)  # per pixel value, not summed
+
+
+class GammaWeightedLr(Competition):
+    def scores(self, terms):
+        return self.lam * terms["L_x"] + GAMMA * terms["L_r"]
+
+
+class WrongSign(Competition):
+    def scores(self, terms):
+        return -(self.lam * terms["L_x"] + terms["L_r"])
+
+
+@pytest.mark.parametrize("wrong", [MeanScores, GammaWeightedLr, WrongSign])
+def test_a_wrong_competition_objective_fails_the_reference(wrong):
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    with pytest.raises(AssertionError):
+        check_against_reference(model, guide, x, 1.0, handler=wrong)
+
+
+def test_a_detached_region_fails_the_reference(monkeypatch):
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    explain = ECONGuide.explain
+
+    def detached(self, *args, **kwargs):
+        region, loc, scale = explain(self, *args, **kwargs)
+        return region.detach(), loc, scale
+
+    monkeypatch.setattr(ECONGuide, "explain", detached)
+    with pytest.raises(AssertionError, match="gradient"):
+        check_against_reference(model, guide, x, 1.0)
+
+
+def test_fresh_noise_for_z_fails_the_reference(monkeypatch):
+    import guides.econ as guide_module
+
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    take = guide_module.take_expert
+    monkeypatch.setattr(guide_module, "take_expert", lambda a, k, d: torch.randn(take(a, k, d).shape) if d == 1 else take(a, k, d))
+    with pytest.raises(AssertionError, match="z_"):
+        check_against_reference(model, guide, x, 1.0)
+
+
+def test_unweighted_appearance_term_fails_the_reference(monkeypatch):
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    propose = ECONGuide.propose
+
+    def unweighted(self, x, scope, last):
+        out = propose(self, x, scope, last)
+        sq = (x.unsqueeze(1) - out["mu"]) ** 2
+        out["L_x"] = sq.sum((-3, -2, -1)) / (2 * self.model.sigma_x ** 2)
+        return out
+
+    monkeypatch.setattr(ECONGuide, "propose", unweighted)
+    with pytest.raises(AssertionError, match="scores"):
+        check_against_reference(model, guide, x, 1.0)
+
+
+def test_temperature_divides_the_scores_of_the_draw():
+    import pyro.distributions as dist
+
+    n = 40000
+    terms = {"L_x": torch.tensor([[100.0, 300.0, 200.0]]).expand(n, 3), "L_r": torch.zeros(n, 3)}
+
+    def site():
+        with pyro.plate("n", n):
+            return pyro.sample("k_1", dist.Categorical(logits=torch.zeros(3)), infer={"competition": terms})
+
+    pyro.set_rng_seed(0)
+    k = Competition(lam=1.0, temperature=100.0)(site)()
+    freq = torch.bincount(k, minlength=3).float() / n
+    assert torch.allclose(freq, torch.softmax(-torch.tensor([1.0, 3.0, 2.0]), 0), atol=0.01)
+    assert (Competition(lam=1.0)(site)() == 0).all()  # temperature 1: exp(-100) odds, an argmin in practice
+    assert (Competition(lam=1.0, temperature=1e6, greedy=True)(site)() == 0).all()  # greedy ignores it
+    with pytest.raises(ValueError, match="temperature"):
+        Competition(temperature=0.0)
+
+
+def test_geometric_schedule():
+    g = Geometric(1000.0, 1.0, 0, 300)
+    assert g(0) == 1000.0 and g(-5) == 1000.0 and g(300) == 1.0 and g(10_000) == 1.0
+    assert g(100) == pytest.approx(100.0) and g(200) == pytest.approx(10.0)
+    with pytest.raises(ValueError):
+        Geometric(0.0, 1.0, 0, 10)
+
+
+def test_recipe_loss_takes_beta_gamma_lambda_greedy_and_temperature_from_the_config(monkeypatch):
+    import inference.objectives as objectives
+
+    recipe = ECONRecipe()
+    config = recipe.default_config("sprites-unique")
+    config.update(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=400.0, temperature_final=4.0, temperature_steps=100)
+    seen = {}
+
+    def spy(model, guide, x, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros((), requires_grad=True)
+
+    monkeypatch.setattr(objectives, "econ_loss", spy)
+    _, logs = recipe.loss(None, None, torch.zeros(1), 50, config)
+    assert seen == dict(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=pytest.approx(40.0))
+    assert logs["temperature"] == pytest.approx(40.0)
+    recipe.loss(None, None, torch.zeros(1), 500, config)
+    assert seen["temperature"] == pytest.approx(4.0)
+
+
+def test_recipe_loss_is_econ_loss_with_the_config():
+    recipe = ECONRecipe()
+    config = recipe.default_config("sprites-unique")
+    config.update(beta=1.5, gamma=0.25, lam=0.75, greedy=True)
+    model, guide = tiny()
+    x = torch.rand(2, 3, 16, 16)
+    torch.manual_seed(3)
+    loss, _ = recipe.loss(model, guide, x, 0, config)
+    torch.manual_seed(3)
+    same = econ_loss(model, guide, x, beta=1.5, gamma=0.25, lam=0.75, greedy=True)
+    torch.manual_seed(3)
+    other = econ_loss(model, guide, x, beta=3.0, gamma=0.25, lam=0.75, greedy=True)
+    assert torch.equal(loss, same) and not torch.allclose(loss, other)
