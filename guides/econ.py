@@ -49,7 +49,10 @@ class ECONGuide(nn.Module):
     :param encoder_features: encoder channels (C.2.1).
     :param encoder_layers: encoder conv blocks (C.2.1); each halves the resolution.
     :param competition_lambda: lambda of the competition objective used by the site's own
-        (unhandled) distribution; the training handler carries its own.
+        (unhandled) distribution and by :func:`inference.decompose.decompose`; the training
+        handler carries its own.
+    :param competition_per_pixel: score the experts per pixel of their regions (see
+        :class:`inference.handlers.Competition`), likewise.
     """
 
     def __init__(
@@ -60,6 +63,7 @@ class ECONGuide(nn.Module):
         encoder_features: int = 32,
         encoder_layers: int = 4,
         competition_lambda: float = 1.0,
+        competition_per_pixel: bool = False,
     ):
         super().__init__()
         if not isinstance(model, ECON):
@@ -69,8 +73,10 @@ class ECONGuide(nn.Module):
         self.attention = ExpertAttention(K, C + 1, S, attention_filters, attention_blocks)
         self.encoder = ExpertEncoder(K, C + 1, S, model.latent_dim, encoder_features, encoder_layers)
         self.competition_lambda = float(competition_lambda)
+        self.competition_per_pixel = bool(competition_per_pixel)
         self.config = dict(attention_filters=attention_filters, attention_blocks=attention_blocks, encoder_features=encoder_features,
-                           encoder_layers=encoder_layers, competition_lambda=self.competition_lambda)
+                           encoder_layers=encoder_layers, competition_lambda=self.competition_lambda,
+                           competition_per_pixel=self.competition_per_pixel)
 
     @property
     def model(self) -> ECON:
@@ -98,7 +104,8 @@ class ECONGuide(nn.Module):
         sq = (xs.unsqueeze(1) - mu) ** 2
         L_x = (regions * sq).sum((-3, -2, -1)) / (2 * model.sigma_x ** 2)  # eq. (10)
         L_r = bernoulli_kl(regions, s.unsqueeze(1) * shape).sum((-3, -2, -1))  # eq. (12)
-        out = dict(regions=regions, loc=loc, scale=scale, noise=noise, mu=mu, shape=shape, L_x=L_x, L_r=L_r)
+        area = regions.sum((-3, -2, -1))  # for a per-pixel competition (inference.handlers.Competition)
+        out = dict(regions=regions, loc=loc, scale=scale, noise=noise, mu=mu, shape=shape, L_x=L_x, L_r=L_r, area=area)
         return {name: v.reshape(*lead, K, *v.shape[2:]) for name, v in out.items()}
 
     def explain(self, x: torch.Tensor, scope: torch.Tensor, k: torch.Tensor, last: bool):
@@ -130,8 +137,10 @@ class ECONGuide(nn.Module):
                 last = t == 1
                 with torch.no_grad():  # the competition only scores; it is not differentiated
                     p = self.propose(x, scope, last)
-                terms = {"L_x": p["L_x"], "L_r": p["L_r"]}
+                terms = {"L_x": p["L_x"], "L_r": p["L_r"], "area": p["area"]}
                 logits = -(self.competition_lambda * terms["L_x"] + terms["L_r"])
+                if self.competition_per_pixel:
+                    logits = logits / terms["area"].clamp_min(1.0)
                 k = pyro.sample(f"k_{t}", dist.Categorical(logits=logits), infer={"competition": terms})
                 region, loc, scale = self.explain(x, scope, k, last)
                 pyro.sample(f"z_{t}", PresampledNormal(loc, scale, take_expert(p["noise"], k, 1)).to_event(1))

@@ -22,7 +22,8 @@ def decompose(model, guide, x: torch.Tensor, greedy: bool = True, lam: float = N
     * ``latents`` (B, T, L) z_t; ``reconstruction`` (B, C, H, W) sum_t r_t mu_t.
     """
     lam = guide.competition_lambda if lam is None else lam
-    trace = pyro.poutine.trace(Competition(lam=lam, greedy=greedy)(guide)).get_trace(x)
+    per_pixel = getattr(guide, "competition_per_pixel", False)
+    trace = pyro.poutine.trace(Competition(lam=lam, greedy=greedy, per_pixel=per_pixel)(guide)).get_trace(x)
     T = sum(1 for name in trace.nodes if name.startswith("k_"))
     experts = torch.stack([trace.nodes[f"k_{t}"]["value"] for t in range(1, T + 1)], dim=1)
     latents = torch.stack([trace.nodes[f"z_{t}"]["value"] for t in range(1, T + 1)], dim=1)

@@ -43,7 +43,7 @@ def kl_bernoulli(q, p, eps=1e-6):
     return q * (q_.log() - p_.log()) + (1 - q) * ((1 - q_).log() - (1 - p_).log())
 
 
-def reference(model, guide, x, lam, noises):
+def reference(model, guide, x, lam, noises, per_pixel=False):
     """Greedy competition and eq. (13) from the paper, expert by expert, with proposal noise
     ``noises[i]`` (B, K, L) at the i-th step (front to back). Returns winners (T, B), scores
     (T, B, K), the winners' z (T, B, L) and the loss."""
@@ -67,6 +67,8 @@ def reference(model, guide, x, lam, noises):
             L_z = torch.distributions.kl_divergence(torch.distributions.Normal(loc, std), torch.distributions.Normal(0.0, 1.0)).sum(-1)
             per_expert.append(dict(region=region, z=z, L_x=L_x, L_r=L_r, L_z=L_z))
         score = torch.stack([lam * e["L_x"] + e["L_r"] for e in per_expert], -1).detach()  # section 5.2
+        if per_pixel:  # docs/econ.md: per pixel of each expert's region
+            score = score / torch.stack([e["region"].sum((1, 2, 3)).clamp_min(1.0) for e in per_expert], -1).detach()
         k = score.argmin(-1)
         pick = lambda key: torch.stack([per_expert[int(k[b])][key][b] for b in range(B)])  # noqa: E731
         total = total + pick("L_x") + BETA * pick("L_z") + GAMMA * pick("L_r")  # eq. (13)
@@ -100,16 +102,16 @@ class KnownNoise:
         torch.randn_like = self.saved
 
 
-def check_against_reference(model, guide, x, lam, handler=Competition, seed=11):
+def check_against_reference(model, guide, x, lam, handler=Competition, seed=11, per_pixel=False):
     """Assert that the library's competition, z sites, loss and gradients equal the reference."""
     params = [p for m in (model, guide) for p in m.parameters()]
     gen = torch.Generator().manual_seed(seed)
     noises = [torch.randn(x.shape[0], model.num_experts, model.latent_dim, generator=gen) for _ in range(model.num_layers)]
-    win_ref, score_ref, z_ref, loss_ref = reference(model, guide, x, lam, noises)
+    win_ref, score_ref, z_ref, loss_ref = reference(model, guide, x, lam, noises, per_pixel)
     grad_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
 
     with KnownNoise(noises):
-        trace = poutine.trace(handler(lam=lam, greedy=True)(guide)).get_trace(x)
+        trace = poutine.trace(handler(lam=lam, greedy=True, per_pixel=per_pixel)(guide)).get_trace(x)
     T = model.num_layers
     for i, t in enumerate(range(T, 0, -1)):
         node = trace.nodes[f"k_{t}"]
@@ -119,7 +121,7 @@ def check_against_reference(model, guide, x, lam, handler=Competition, seed=11):
 
     elbo = pyro.infer.TraceMeanField_ELBO()
     with KnownNoise(noises), ScaleSites({"z_*": BETA, "r_*": GAMMA}):
-        loss = elbo.differentiable_loss(model, handler(lam=lam, greedy=True)(guide), x) / x.shape[0]
+        loss = elbo.differentiable_loss(model, handler(lam=lam, greedy=True, per_pixel=per_pixel)(guide), x) / x.shape[0]
     assert torch.allclose(loss, loss_ref, rtol=1e-5), (loss.item(), loss_ref.item())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     dense = lambda gs: [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # noqa: E731
@@ -129,11 +131,18 @@ def check_against_reference(model, guide, x, lam, handler=Competition, seed=11):
         assert torch.allclose(g, r, rtol=1e-3, atol=1e-5 * scale), "gradient differs from eq. (13)"
 
 
-@pytest.mark.parametrize("lam", [1.0, 0.0])
-def test_competition_loss_and_gradients_equal_the_reference(lam):
+@pytest.mark.parametrize("lam, per_pixel", [(1.0, False), (0.0, False), (1.0, True)])
+def test_competition_loss_and_gradients_equal_the_reference(lam, per_pixel):
     model, guide = tiny()
     x = torch.rand(4, 3, 16, 16)
-    check_against_reference(model, guide, x, lam)
+    check_against_reference(model, guide, x, lam, per_pixel=per_pixel)
+
+
+def test_per_pixel_changes_the_winners():
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    with pytest.raises(AssertionError, match="scores"):
+        check_against_reference(model, guide, x, 1.0, handler=lambda **kw: Competition(**{**kw, "per_pixel": False}), per_pixel=True)
 
 
 class MeanScores(Competition):
@@ -233,7 +242,8 @@ def test_recipe_loss_takes_beta_gamma_lambda_greedy_and_temperature_from_the_con
 
     recipe = ECONRecipe()
     config = recipe.default_config("sprites-unique")
-    config.update(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=400.0, temperature_final=4.0, temperature_steps=100)
+    config.update(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=400.0, temperature_final=4.0, temperature_steps=100,
+                  competition_per_pixel=True)
     seen = {}
 
     def spy(model, guide, x, **kwargs):
@@ -242,7 +252,7 @@ def test_recipe_loss_takes_beta_gamma_lambda_greedy_and_temperature_from_the_con
 
     monkeypatch.setattr(objectives, "econ_loss", spy)
     _, logs = recipe.loss(None, None, torch.zeros(1), 50, config)
-    assert seen == dict(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=pytest.approx(40.0))
+    assert seen == dict(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=pytest.approx(40.0), per_pixel=True)
     assert logs["temperature"] == pytest.approx(40.0)
     recipe.loss(None, None, torch.zeros(1), 500, config)
     assert seen["temperature"] == pytest.approx(4.0)

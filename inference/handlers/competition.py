@@ -66,23 +66,29 @@ class Competition(Messenger):
         (the paper uses L_x + L_r for unique colours and L_r alone, lambda = 0, for random colours).
     :param greedy: take the argmin of the score instead of sampling ``P(k) ~ exp(-score / temperature)``.
     :param temperature: divides the scores before the draw (1: the literal ``exp(-score)``).
+    :param per_pixel: score each expert per pixel of its region, ``(lambda L_x + L_r) / |r~_k|``
+        (with ``|r~_k| = sum r~_k``, at least 1), instead of summed over it. The summed score
+        favours the expert with the smallest region whatever its fit (docs/econ.md); needs
+        ``area`` among the terms.
 
     Use it on the guide only::
 
         loss = elbo.differentiable_loss(model, Competition(lam=1.0)(guide), x)
     """
 
-    def __init__(self, lam: float = 1.0, greedy: bool = False, temperature: float = 1.0):
+    def __init__(self, lam: float = 1.0, greedy: bool = False, temperature: float = 1.0, per_pixel: bool = False):
         super().__init__()
         if not lam >= 0:
             raise ValueError(f"Competition: lambda must be >= 0, got {lam}")
         if not temperature > 0:
             raise ValueError(f"Competition: temperature must be > 0, got {temperature}")
         self.lam, self.greedy, self.temperature = float(lam), bool(greedy), float(temperature)
+        self.per_pixel = bool(per_pixel)
 
     def scores(self, terms) -> torch.Tensor:
-        """The competition objective lambda * L_x + L_r, shape (..., K)."""
-        return self.lam * terms["L_x"] + terms["L_r"]
+        """The competition objective lambda * L_x + L_r (per pixel of the region if ``per_pixel``), shape (..., K)."""
+        score = self.lam * terms["L_x"] + terms["L_r"]
+        return score / terms["area"].clamp_min(1.0) if self.per_pixel else score
 
     def _pyro_sample(self, msg):
         terms = msg["infer"].get("competition")

@@ -46,6 +46,7 @@ class ECONRecipe(Recipe):
             # competition temperature, geometric from `temperature` to `temperature_final` over the
             # first `temperature_steps` steps (docs/econ.md, "The competition temperature")
             temperature=1.0, temperature_final=1.0, temperature_steps=0,
+            competition_per_pixel=False,
             plateau_patience=5, plateau_factor=1 / math.sqrt(10),
         )
 
@@ -79,7 +80,8 @@ class ECONRecipe(Recipe):
                      decoder_layers=config["decoder_layers"], sigma_x=config["sigma_x"]).to(device)
         guide = ECONGuide(model, attention_filters=config["attention_filters"], attention_blocks=config["attention_blocks"],
                           encoder_features=config["encoder_features"], encoder_layers=config["encoder_layers"],
-                          competition_lambda=config["lam"]).to(device)
+                          competition_lambda=config["lam"],
+                          competition_per_pixel=config.get("competition_per_pixel", False)).to(device)
         return model, guide
 
     def make_dataset(self, config: Dict, split: str):
@@ -102,7 +104,7 @@ class ECONRecipe(Recipe):
 
         temperature = self.temperature(step, config)
         loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"],
-                         greedy=config["greedy"], temperature=temperature)
+                         greedy=config["greedy"], temperature=temperature, per_pixel=config["competition_per_pixel"])
         return loss, {"temperature": temperature}
 
     @staticmethod
@@ -121,7 +123,9 @@ class ECONRecipe(Recipe):
                             num_samples=config["val_items"], batch_size=config["batch_size"], progress=False)["results"]
         out = {"fg-ari": res["fg-ari"], "specialisation": res["specialisation"],
                "specialisation_with_background": res["specialisation_with_background"],
-               "experts_distinct": float(res["experts_distinct"]), "shape-iou": res["shape-iou"]}
+               "experts_distinct": float(res["experts_distinct"]), "shape-iou": res["shape-iou"],
+               # classes (circle, square, triangle, background) -> their most frequent expert
+               "best_expert_per_class": [float(v) for v in res["best_expert_per_class"].values()]}
         for t, share in enumerate(res["win_share"], start=1):
             out[f"win_share_t{t}"] = share
         out.update(self.expert_gradient_norms(model, guide, dataset, step, config))
