@@ -38,7 +38,9 @@ def export(run, name, command, metrics_file):
     metrics = None
     if metrics_file:
         report = json.loads(open(metrics_file).read())
-        metrics = {k: v for k, v in report.get("results", report).items() if isinstance(v, (int, float, bool))}
+        scalar = lambda v: isinstance(v, (int, float, bool))  # noqa: E731
+        metrics = {k: v for k, v in report.get("results", report).items()
+                   if scalar(v) or (isinstance(v, dict) and all(map(scalar, v.values())))}
     try:
         out = pretrained.export(run, name, command, metrics)
     except (CheckpointError, pretrained.PretrainedError) as e:

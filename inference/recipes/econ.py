@@ -43,10 +43,11 @@ class ECONRecipe(Recipe):
             num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
             **CPU_NETWORKS,
             beta=s["beta"], gamma=s["gamma"], lam=s["lam"], greedy=False,
-            # competition temperature, geometric from `temperature` to `temperature_final` over the
-            # first `temperature_steps` steps (docs/econ.md, "The competition temperature")
+            # the competition (docs/econ.md): experts scored per pixel of their regions (this
+            # project's choice, measured there), with the literal exp(-score) draw; the temperature
+            # goes geometrically from `temperature` to `temperature_final` over `temperature_steps`
+            competition_per_pixel=True,
             temperature=1.0, temperature_final=1.0, temperature_steps=0,
-            competition_per_pixel=False,
             plateau_patience=5, plateau_factor=1 / math.sqrt(10),
         )
 
@@ -57,6 +58,9 @@ class ECONRecipe(Recipe):
         for key in positive_int:
             if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
                 raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
+        for key in ["greedy", "competition_per_pixel"]:
+            if not isinstance(config[key], bool):
+                raise ValueError(f"{key} must be true or false, got {config[key]!r}")
         if not isinstance(config["temperature_steps"], int) or isinstance(config["temperature_steps"], bool) or config["temperature_steps"] < 0:
             raise ValueError(f"temperature_steps must be an integer >= 0, got {config['temperature_steps']!r}")
         for key in ["lr", "sigma_x", "plateau_factor", "temperature", "temperature_final"]:
@@ -104,7 +108,7 @@ class ECONRecipe(Recipe):
 
         temperature = self.temperature(step, config)
         loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"],
-                         greedy=config["greedy"], temperature=temperature, per_pixel=config["competition_per_pixel"])
+                         greedy=config["greedy"], temperature=temperature, per_pixel=config.get("competition_per_pixel", False))
         return loss, {"temperature": temperature}
 
     @staticmethod
