@@ -29,18 +29,26 @@ from inference.evaluation import ALL_METRICS, EvaluationError, evaluate, parse_m
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--particles", default=None, type=click.IntRange(min=1), help="importance samples for LL [default: config, 100]")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a setting of the checkpoint's config (repeatable), e.g. ECON on 4-object scenes: "
+                   "--set num_objects=4 --set num_layers=5")
 @click.option("--no-plots", is_flag=True, help="write only the JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
-def cli(path, metrics, num_samples, split, out, device, batch_size, particles, no_plots, quiet):
+def cli(path, metrics, num_samples, split, out, device, batch_size, particles, sets, no_plots, quiet):
     from inference.training.checkpoint import CheckpointError
+    from inference.training.config import ConfigError, parse_set
 
+    try:
+        overrides = parse_set(sets)
+    except ConfigError as e:
+        raise click.BadParameter(str(e), param_hint="--set")
     try:
         chosen = parse_metrics(metrics)
     except EvaluationError as e:
         raise click.BadParameter(str(e), param_hint="--metrics")
     try:
         report = evaluate(path, chosen, num_samples, split, out, device, batch_size, particles,
-                          plots=not no_plots, progress=not quiet)
+                          plots=not no_plots, progress=not quiet, overrides=overrides)
     except CheckpointError as e:
         raise click.ClickException(str(e))
     except EvaluationError as e:

@@ -106,3 +106,20 @@ def test_gnm_end_to_end(tmp_path, gnm_run):
     assert "representation" in res
     assert json.loads((tmp_path / "gnm.json").read_text())["results"]["count-accuracy"] == res["count-accuracy"]
     assert any(p.endswith("_generations.png") for p in report["plots"])
+
+
+def test_econ_on_scenes_with_more_objects_than_in_training(tmp_path, econ_run):
+    out = tmp_path / "four.json"
+    r = CliRunner().invoke(cli, [str(econ_run), "-n", "3", "-m", "fg-ari,specialisation", "--no-plots", "-q", "--out", str(out),
+                                 "--set", "num_objects=4", "--set", "num_layers=5"])
+    assert r.exit_code == 0, r.output
+    report = json.loads(out.read_text())
+    assert report["overrides"] == {"num_objects": 4, "num_layers": 5}
+    assert sum(map(sum, report["results"]["specialisation_matrix"])) == 3 * 5  # 4 objects + background per scene
+    assert len(report["results"]["win_share"]) == 5  # T = 5 layers inferred
+    r = CliRunner().invoke(cli, [str(econ_run), "-n", "1", "-q", "--set", "bogus=1"])
+    assert r.exit_code == 2 and "unknown setting(s) bogus" in r.output
+    r = CliRunner().invoke(cli, [str(econ_run), "-n", "1", "-q", "--set", "num_layers=0"])
+    assert r.exit_code == 2 and "num_layers" in r.output
+    r = CliRunner().invoke(cli, [str(econ_run), "-n", "1", "-q", "--set", "novalue"])
+    assert r.exit_code == 2 and "KEY=VALUE" in r.output

@@ -70,7 +70,7 @@ def _jsonable(x):
 def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[int] = None, split: str = "test",
              out: Optional[Path] = None, device: str = "cpu", batch_size: int = 32, particles: Optional[int] = None,
              plots: bool = True, progress: bool = True, checker_cache=None, checker_settings=None,
-             dsteps_options: Optional[Dict] = None) -> Dict:
+             dsteps_options: Optional[Dict] = None, overrides: Optional[Dict] = None) -> Dict:
     """Evaluate the checkpoint (or latest checkpoint of a run directory) at ``path``.
 
     Returns the JSON-ready report (also written to ``out``, default :func:`default_output`).
@@ -78,6 +78,8 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
     and :class:`EvaluationError` for metric problems. ``checker_cache`` / ``checker_settings``
     (a :class:`~inference.metrics.structure.TrainSettings`) choose the S-Acc checker;
     ``dsteps_options`` override D-Steps protocol values (e.g. ``max_steps`` for quick checks).
+    ``overrides`` replace settings of the checkpoint's config (see ``restore``), e.g.
+    ``{"num_objects": 4, "num_layers": 5}`` for ECON on 4-object scenes.
     """
     from inference.training.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, restore
 
@@ -88,9 +90,13 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
                               f"(evaluators: {', '.join(MODEL_METRICS)})")
     chosen = select_metrics(str(ckpt_model), metrics)
     try:
-        recipe, config, model, guide, step = restore(file, device=device)
+        recipe, config, model, guide, step = restore(file, device=device, overrides=overrides)
     except CheckpointError:
         raise
+    except ValueError as e:
+        if overrides:  # the checkpoint rebuilt fine before: the overrides are the bad input
+            raise EvaluationError(f"--set: {e}") from None
+        raise CheckpointError(f"{file}: cannot rebuild the model from the checkpoint's config: {e}") from None
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"{file}: cannot rebuild the model from the checkpoint's config: {e}") from None
     t0 = time.time()
@@ -107,6 +113,7 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
                            dsteps_options=dsteps_options, progress=progress)
         plot_fn = gnm_plots
     report = dict(checkpoint=str(file), model=recipe.name, dataset=config.get("dataset"), step=step, split=split,
+                  overrides=overrides or {},
                   metrics=chosen, num_samples=n, seconds=round(time.time() - t0, 1), results=raw["results"])
     out = Path(out) if out is not None else default_output(Path(file), split)
     out.parent.mkdir(parents=True, exist_ok=True)

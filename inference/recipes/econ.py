@@ -38,6 +38,7 @@ class ECONRecipe(Recipe):
         s = PAPER_SETTINGS[dataset]
         return dict(
             dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=default_cache_dir(),
+            num_objects=3,  # objects per scene; more than 3 repeats classes (evaluate with num_layers >= num_objects + 1)
             steps=3000, batch_size=32, lr=5e-4, seed=0,
             val_every=100, val_items=100,  # appendix C.3: validation loss every 100 iterations (100 scenes)
             num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
@@ -52,7 +53,7 @@ class ECONRecipe(Recipe):
         )
 
     def validate_config(self, config: Dict) -> None:
-        positive_int = ["image_size", "num_train", "num_val", "steps", "batch_size", "num_experts", "num_layers", "latent_dim",
+        positive_int = ["image_size", "num_objects", "num_train", "num_val", "steps", "batch_size", "num_experts", "num_layers", "latent_dim",
                         "decoder_features", "decoder_layers", "encoder_features", "encoder_layers", "attention_filters", "attention_blocks",
                         "plateau_patience"]
         for key in positive_int:
@@ -93,7 +94,9 @@ class ECONRecipe(Recipe):
         from datasets.cache import cached
 
         size = {"train": config["num_train"], "val": config["num_val"], "test": max(config["num_val"], 1000)}[split]
-        ds = make_dataset(config["dataset"], split=split, num_scenes=size, image_size=config["image_size"], seed=config["seed"])
+        objects = config.get("num_objects", 3)
+        ds = make_dataset(config["dataset"], split=split, num_scenes=size, image_size=config["image_size"], seed=config["seed"],
+                          num_objects=objects, allow_repeats=objects > 3)
         return cached(ds, Path(config["cache_dir"]) / "datasets") if config.get("cache_dir") else ds
 
     def make_optimizer(self, params, config: Dict) -> torch.optim.Optimizer:

@@ -132,8 +132,12 @@ def load_module_states(model, guide, ckpt: Dict[str, Any]) -> None:
                                   f"config: {e}") from None
 
 
-def restore(path, device="cpu"):
+def restore(path, device="cpu", overrides=None):
     """Rebuild a trained model and guide: ``(recipe, config, model, guide, step)``.
+
+    ``overrides`` replace settings of the checkpoint's config before building (e.g. ECON's
+    ``num_layers`` and ``num_objects`` to evaluate on scenes with more objects); keys the
+    config lacks and values the recipe rejects raise ``ValueError``.
 
     ``path`` is a checkpoint file or a run directory (latest checkpoint). The recipe named in the
     checkpoint builds model and guide from the checkpoint's config on ``device`` (Pyro's param
@@ -149,6 +153,13 @@ def restore(path, device="cpu"):
     ckpt = load_checkpoint(file, map_location=device)
     recipe = recipes.get_recipe(ckpt["model"])
     config = dict(ckpt["config"])
+    if overrides:
+        known = set(config) | set(recipe.default_config(config["dataset"]))  # keys added after the run was made
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)} for model {ckpt['model']!r}")
+        recipe.validate_config({**recipe.default_config(config["dataset"]), **config, **overrides})
+        config.update(overrides)
     pyro.clear_param_store()
     model, guide = recipe.build(config, device)
     try:
