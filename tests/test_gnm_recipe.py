@@ -79,7 +79,8 @@ def test_loss_and_figures(tmp_path):
     x = torch.rand(2, 3, 32, 32)
     loss, logs = r.loss(model, guide, x, 100, cfg)
     assert loss.dim() == 0 and loss.requires_grad
-    assert set(logs) == {"beta_g", "tau", "rho", "aux_kl_z_pres", "aux_kl_z_where", "aux_kl_z_depth", "aux_kl_z_what", "aux_kl_z_bg"}
+    assert set(logs) == {"beta_g", "tau", "rho", "aux_kl_z_pres", "aux_kl_z_where", "aux_kl_z_depth", "aux_kl_z_what", "aux_kl_z_bg",
+                         "kl_g_1", "kl_g_2", "kl_g_3", "kl_g_4"}
     paths = r.figures(model, guide, {"image": x}, tmp_path, 0)
     assert [p.name for p in paths] == ["gnm_reconstructions.png", "gnm_generations.png", "gnm_zs_resampling.png"]
     assert all(p.stat().st_size > 1000 for p in paths)

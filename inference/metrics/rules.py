@@ -17,6 +17,13 @@ geometric tolerances scale with it (they are given for 128 px images).
 * Arrow (:func:`rule_arrow`): exactly three objects and one arrow; exactly two objects share a
   shape; of the three objects, the one whose direction from the arrow's centre is closest to the
   arrow's direction is the odd one, within ``max_angle`` (25 degrees).
+
+Layout-only checks (:data:`LAYOUT_RULES`) judge positions alone, without digit classes, so they
+need no trained checker: the necessary part of a rule that a model's own z^s (inferred or
+generated) can be checked against cheaply during training. MNIST-4 (:func:`layout_mnist4`): four
+objects on an axis-aligned rectangle (the MNIST-4 rule with the digits named clockwise from
+top-left by position); MNIST-10 (:func:`layout_mnist10`): ten objects, 2, 3, 2 and 3 of them in
+the TL, TR, BR and BL quadrants (the group sizes the MNIST-10 rule puts there).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Tuple
 import torch
 
 __all__ = ["rule_mnist4", "rule_mnist10", "rule_mnist4_10", "rule_arrow", "GROUPS", "QUADRANT_NAMES",
-           "ARROW_CLASS"]
+           "ARROW_CLASS", "layout_mnist4", "layout_mnist10", "layout_mnist4_10", "LAYOUT_RULES"]
 
 GROUPS = ((0, 1), (2, 3, 4), (5, 6, 7), (8, 9))
 QUADRANT_NAMES = ("TL", "TR", "BR", "BL")
@@ -128,3 +135,47 @@ def rule_arrow(centres: torch.Tensor, labels: torch.Tensor, direction: torch.Ten
     if angle > max_angle:
         return False, f"arrow misses the odd object by {angle:.0f} degrees"
     return True, "ok"
+
+
+# ---------------------------------------------------------------------------------------------
+# layout only (positions, no classes)
+
+def layout_mnist4(centres: torch.Tensor, image_size: int = 128, tol: float = 8.4, min_side: float = 14.0) -> Result:
+    """Four objects on an axis-aligned rectangle: :func:`rule_mnist4` with the objects labelled
+    clockwise from top-left by position (the two upper ones are the top row)."""
+    c = torch.as_tensor(centres, dtype=torch.float32).reshape(-1, 2)
+    if len(c) != 4:
+        return False, f"{len(c)} objects, expected 4"
+    order = torch.argsort(c[:, 1], stable=True)
+    top, bottom = order[:2], order[2:]
+    top = top[torch.argsort(c[top, 0], stable=True)]
+    bottom = bottom[torch.argsort(c[bottom, 0], stable=True)]
+    labels = torch.empty(4, dtype=torch.long)
+    labels[top[0]], labels[top[1]], labels[bottom[1]], labels[bottom[0]] = 0, 1, 2, 3
+    return rule_mnist4(c, labels, image_size, tol, min_side)
+
+
+def layout_mnist10(centres: torch.Tensor, image_size: int = 128) -> Result:
+    """Ten objects, 2 / 3 / 2 / 3 of them in the TL / TR / BR / BL quadrants."""
+    c = torch.as_tensor(centres, dtype=torch.float32).reshape(-1, 2)
+    if len(c) != 10:
+        return False, f"{len(c)} objects, expected 10"
+    counts = [0, 0, 0, 0]
+    for x, y in c.tolist():
+        counts[_quadrant(x, y, image_size)] += 1
+    if counts != [2, 3, 2, 3]:
+        return False, "quadrant counts " + ", ".join(f"{q} {n}" for q, n in zip(QUADRANT_NAMES, counts)) + ", expected 2, 3, 2, 3"
+    return True, "ok"
+
+
+def layout_mnist4_10(centres: torch.Tensor, image_size: int = 128) -> Result:
+    n = len(torch.as_tensor(centres).reshape(-1, 2))
+    if n == 4:
+        return layout_mnist4(centres, image_size)
+    if n == 10:
+        return layout_mnist10(centres, image_size)
+    return False, f"{n} objects, expected 4 or 10"
+
+
+#: dataset -> layout-only check ``(centres (n, 2) pixels, image_size) -> (ok, reason)``
+LAYOUT_RULES = {"mnist4": layout_mnist4, "mnist10": layout_mnist10, "mnist4-10": layout_mnist4_10}

@@ -15,10 +15,15 @@ handlers: :class:`~inference.handlers.scale.ScaleSites` (``z_g_*`` by beta_g, mo
 :class:`~inference.handlers.temperature.RelaxationTemperature` (z_pres, model and guide),
 :class:`~inference.handlers.aux_kl.AuxiliaryKL` (guide) and, for Arrow,
 :class:`~inference.handlers.curriculum.FixedMaskCurriculum` (model).
+
+Schedules: ``schedule="authors"`` (default) are the authors' (SPEC.md "Schedules"; beta_g 0 -> 1
+over 100k steps); ``schedule="budget"`` (:data:`SCHEDULES`) fits about 20k steps: z^s and the
+digits are learned with beta_g = 0, then beta_g ramps, then the z^g prior catches up.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -27,6 +32,21 @@ import torch
 from inference.recipes.base import Recipe
 
 _MNIST = ("mnist4", "mnist10", "mnist4-10")
+
+#: ``--set schedule=NAME``: the annealing settings each schedule preset fixes. ``authors`` are the
+#: authors' (SPEC.md; supplement section 3); ``budget`` fits about 20,000 steps (not yet validated
+#: by a full run): beta_g = 0 for steps 0-6k while z^s and the digits are learned (z_pres
+#: temperature 1 -> 0.5 by step 6k), beta_g 0 -> beta_g_end over 6k-14k, then 6k steps at
+#: beta_g_end for the z^g prior to catch up. A ramp that starts at step 0 and is short collapses
+#: z^g (KL_g ~ 0.06 nats, empty generations; issue 9), hence the delayed start.
+SCHEDULES = {
+    "authors": dict(beta_g_begin=0, beta_g_steps=100_000, tau_begin=1_000, tau_finish=20_000, rho_steps=4_000,
+                    aux_bg_beta_steps=50_000),
+    "budget": dict(beta_g_begin=6_000, beta_g_steps=8_000, tau_begin=1_000, tau_finish=6_000, rho_steps=4_000,
+                   aux_bg_beta_steps=10_000),
+}
+#: KL_g (nats per image, all StructDRAW steps) below which z^g counts as collapsed
+COLLAPSE_NATS = 0.1
 
 
 def default_cache_dir() -> str:
@@ -42,6 +62,7 @@ class GNMRecipe(Recipe):
     # ------------------------------------------------------------------ config
     def default_config(self, dataset: str) -> Dict:
         arrow = dataset == "arrow"
+        authors = SCHEDULES["authors"]
         return dict(
             dataset=dataset,
             # architecture: the CPU presets by default (64x64); "mnist"/"arrow" are the authors' 128x128
@@ -53,22 +74,40 @@ class GNMRecipe(Recipe):
             num_train=60_000, num_val=6_000, cache_dir=default_cache_dir(),
             # optimisation (SPEC.md)
             batch_size=32, lr=1e-4, grad_clip=1.0,
-            # beta_g: 0 -> beta_g_end over beta_g_steps (beta_g_end = 2: GNM-beta-2)
-            beta_g_end=1.0, beta_g_steps=100_000,
+            # schedule preset (SCHEDULES): "authors" or "budget"; it sets the keys below that are
+            # left at the authors' values (a key set to another value wins)
+            schedule="authors",
+            # beta_g: 0 until beta_g_begin, -> beta_g_end over beta_g_steps (beta_g_end = 2: GNM-beta-2)
+            beta_g_end=1.0, beta_g_begin=authors["beta_g_begin"], beta_g_steps=authors["beta_g_steps"],
             # z_pres Concrete temperature: tau_start -> tau_end over steps tau_begin..tau_finish
-            tau_start=1.0, tau_end=0.5, tau_begin=1_000, tau_finish=20_000,
+            tau_start=1.0, tau_end=0.5, tau_begin=authors["tau_begin"], tau_finish=authors["tau_finish"],
             # auxiliary KLs (supplement eqs. (3)-(5))
-            rho_start=0.1, rho_end=0.001, rho_steps=4_000,
+            rho_start=0.1, rho_end=0.001, rho_steps=authors["rho_steps"],
             aux_where_mean=[-1.5 if arrow else -1.6, 0.0, 0.0, 0.0],
             aux_where_std=[0.1, 0.3, 1.0, 1.0],
             aux_where_beta_start=10.0 if arrow else 1.0, aux_where_beta_steps=500,
-            aux_bg_beta_start=50.0, aux_bg_beta_steps=50_000,
+            aux_bg_beta_start=50.0, aux_bg_beta_steps=authors["aux_bg_beta_steps"],
             aux_gate_min=1e-5,
             # fixed-mask curriculum (Arrow)
             curriculum=arrow, curriculum_steps=500, curriculum_alpha=0.9, curriculum_pres_max=0.99,
-            # evaluation
-            ll_particles=100,
+            # evaluation; validation_metrics: layout rate of this many mode generations (0: none)
+            ll_particles=100, val_generations=100,
         )
+
+    @staticmethod
+    def schedule_config(config: Dict) -> Dict:
+        """``config`` with its ``schedule`` preset applied: every key of :data:`SCHEDULES` still at
+        the authors' value takes the preset's; a key set to anything else keeps its value. Runs
+        saved before these settings existed get the defaults (authors' schedule)."""
+        name = config.get("schedule", "authors")
+        if not isinstance(name, str) or name not in SCHEDULES:
+            raise ValueError(f"schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
+        out = dict(config)
+        out.setdefault("val_generations", 100)
+        for key, value in SCHEDULES[name].items():
+            if out.get(key, SCHEDULES["authors"][key]) == SCHEDULES["authors"][key]:
+                out[key] = value
+        return out
 
     def model_config(self, config: Dict):
         from pyro_scenes.gnm import preset
@@ -90,6 +129,7 @@ class GNMRecipe(Recipe):
         return cfg
 
     def validate_config(self, config: Dict) -> None:
+        config = self.schedule_config(config)
         for key in ["draw_steps", "z_what_dim", "num_train", "num_val", "batch_size", "beta_g_steps", "rho_steps",
                     "ll_particles", "image_size"]:
             v = config[key]
@@ -103,7 +143,8 @@ class GNMRecipe(Recipe):
             v = config[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
                 raise ValueError(f"{key} must be a number >= 0, got {v!r}")
-        for key in ["tau_begin", "tau_finish", "aux_where_beta_steps", "aux_bg_beta_steps", "curriculum_steps"]:
+        for key in ["beta_g_begin", "tau_begin", "tau_finish", "aux_where_beta_steps", "aux_bg_beta_steps", "curriculum_steps",
+                    "val_generations"]:
             v = config[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
@@ -152,11 +193,15 @@ class GNMRecipe(Recipe):
 
     # ------------------------------------------------------------------ loss
     def schedules(self, config: Dict) -> Dict:
-        """Every annealed quantity as a schedule ``step -> value`` (SPEC.md "Schedules")."""
+        """Every annealed quantity as a schedule ``step -> value`` (SPEC.md "Schedules"), after the
+        ``schedule`` preset (:meth:`schedule_config`). beta_g is 0 until ``beta_g_begin`` (0: the
+        authors'), then linear to ``beta_g_end`` at ``beta_g_begin + beta_g_steps``."""
         from inference.schedules import Constant, Linear
 
+        config = self.schedule_config(config)
+        begin = config["beta_g_begin"]
         return {
-            "beta_g": Linear(0.0, config["beta_g_end"], 0, config["beta_g_steps"]),
+            "beta_g": Linear(0.0, config["beta_g_end"], begin, begin + config["beta_g_steps"]),
             "tau": Linear(config["tau_start"], config["tau_end"], config["tau_begin"], config["tau_finish"]),
             "rho": Linear(config["rho_start"], config["rho_end"], 0, config["rho_steps"]),
             "beta_where": Linear(config["aux_where_beta_start"], 1.0, 0, config["aux_where_beta_steps"]),
@@ -206,15 +251,76 @@ class GNMRecipe(Recipe):
         return wrapped_model, wrapped_guide, aux
 
     def loss(self, model, guide, images, step, config):
+        """The training loss and its logs: schedules, auxiliary KLs and ``kl_g_1..L``, the unweighted
+        KL(q(z^g_l) || p(z^g_l | z^g_<l)) of each StructDRAW step (batch mean, nats; the loss adds
+        beta_g times their sum). Warns once when z^g collapses (:meth:`check_collapse`)."""
+        from pyro import poutine
         from pyro.infer import TraceMeanField_ELBO
 
         m, g, aux = self.handlers(model, guide, step, config)
+        m, g = poutine.trace(m), poutine.trace(g)
         B = images.shape[0]
         loss = TraceMeanField_ELBO(max_plate_nesting=2).differentiable_loss(m, g, images) / B
         s = self.schedules(config)
         logs = {"beta_g": s["beta_g"](step), "tau": s["tau"](step), "rho": s["rho"](step)}
         logs.update({f"aux_kl_{k}": v / B for k, v in aux.values.items()})
+        kl_g = kl_g_per_step(m.trace, g.trace)
+        logs.update({f"kl_g_{l}": v for l, v in enumerate(kl_g, start=1)})
+        self.check_collapse(sum(kl_g), logs["beta_g"], step)
         return loss, logs
+
+    _collapse_warned = False
+
+    def check_collapse(self, kl_g: float, beta_g: float, step: int) -> None:
+        """Warn (once per recipe instance, i.e. per run) when beta_g > 0 and the total KL_g is below
+        :data:`COLLAPSE_NATS`: q(z^g) has fallen onto the prior, z^g carries no layout and
+        generations ignore the structure (issue 9: a 1k-step ramp from step 0 did this)."""
+        if beta_g > 0 and kl_g < COLLAPSE_NATS and not self._collapse_warned:
+            self._collapse_warned = True
+            warnings.warn(f"KL of z^g is ~0: the global latent is collapsing (KL_g = {kl_g:.3g} nats at step {step}, "
+                          f"beta_g = {beta_g:.3g}); generations will not follow the layout. Start the beta_g ramp "
+                          f"later (beta_g_begin) or make it longer (beta_g_steps); see docs/gnm.md", RuntimeWarning,
+                          stacklevel=2)
+
+    # ------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validation_metrics(self, model, guide, dataset, step, config) -> Dict:
+        """Learning curves on the first ``val_items`` validation scenes (docs/metrics.md protocols):
+        box AP@0.5, count accuracy, the z_what probe (supplement Table 2; ``representation``),
+        KL_g per StructDRAW step (one batch), and for the MNIST datasets the fraction of inferred
+        scenes and of ``val_generations`` mode generations whose objects obey the layout part of
+        the rule (:data:`~inference.metrics.rules.LAYOUT_RULES`, positions only, no S-Acc checker)."""
+        from pyro import poutine
+
+        from inference.evaluation.gnm import _real_images, evaluate_gnm
+        from inference.metrics.rules import LAYOUT_RULES
+
+        n, bs = min(config["val_items"], len(dataset)), config["batch_size"]
+        device = next(model.parameters()).device
+        res = evaluate_gnm(self, config, model, guide, dataset, metrics=("box-ap", "count-accuracy", "representation"),
+                           num_samples=n, batch_size=bs, device=device, progress=False)["results"]
+        out = {"box-ap@0.5": res["box-ap@0.5"], "count-accuracy": res["count-accuracy"], "representation": res["representation"]}
+        images = _real_images(dataset, min(n, bs))["image"].to(device)
+        gtr = poutine.trace(guide).get_trace(images)
+        mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(images)
+        out["kl_g_per_step"] = kl_g_per_step(mtr, gtr)
+        rule = LAYOUT_RULES.get(config["dataset"])
+        if rule is not None:
+            size = model.cfg.image_size
+            inferred = []
+            for s in range(0, n, bs):
+                info = guide.infer(_real_images(dataset, min(bs, n - s), s)["image"].to(device))
+                inferred += layout_verdicts(info["pres"] > 0.5, info["boxes"], rule, size)
+            out["layout-inferred"] = sum(inferred) / len(inferred)
+            num = config.get("val_generations", 100)
+            if num > 0:
+                generated = []
+                for s in range(0, num, bs):
+                    tr = poutine.trace(model).get_trace(batch_size=min(bs, num - s), mode=True)
+                    pres = tr.nodes["z_pres"]["value"] > 0.5
+                    generated += layout_verdicts(pres, model.boxes(tr.nodes["z_where"]["value"]), rule, size)
+                out["layout-generated"] = sum(generated) / len(generated)
+        return out
 
     # ------------------------------------------------------------------ evaluation
     def log_likelihood(self, model, guide, images, config, num_particles=None, batch_particles=10, relaxed=False):
@@ -231,6 +337,31 @@ class GNMRecipe(Recipe):
     def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
         images = batch["image"] if isinstance(batch, dict) else batch
         return gnm_figures(model, guide, images[:8], Path(out_dir), prefix="gnm_")
+
+
+# ---------------------------------------------------------------------- diagnostics
+@torch.no_grad()
+def kl_g_per_step(model_trace, guide_trace) -> List[float]:
+    """KL(q(z^g_l) || p(z^g_l | z^g_<l)) for l = 1..L (sites ``z_g_1..L``), unweighted by beta_g,
+    summed over z^g_l's dimensions and averaged over the batch, from a guide trace and the model
+    trace replayed on it (the analytic KL that ``TraceMeanField_ELBO`` adds for these sites)."""
+    from torch.distributions import kl_divergence
+
+    out, l = [], 1
+    while f"z_g_{l}" in guide_trace.nodes:
+        q, p = guide_trace.nodes[f"z_g_{l}"]["fn"], model_trace.nodes[f"z_g_{l}"]["fn"]
+        kl = kl_divergence(q, p)
+        out.append(float(kl.detach().sum()) / kl.shape[0])
+        l += 1
+    return out
+
+
+def layout_verdicts(pres: torch.Tensor, boxes: torch.Tensor, rule, image_size: int) -> List[bool]:
+    """Per image, whether the centres of the present boxes (``pres`` (B, K) bool, ``boxes``
+    (B, K, 4) pixels) obey ``rule`` (a layout check of :mod:`inference.metrics.rules`)."""
+    pres, boxes = pres.bool().cpu(), boxes.float().cpu()
+    centres = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
+    return [bool(rule(centres[i][pres[i]], image_size)[0]) for i in range(len(pres))]
 
 
 # ---------------------------------------------------------------------- figures
