@@ -209,3 +209,17 @@ def test_validation_metrics_of_a_perfect_guide(monkeypatch):
     assert out["box-ap@0.5"] == pytest.approx(1.0) and out["count-accuracy"] == 1.0
     assert out["layout-inferred"] == 1.0
     assert out["representation"] >= 0.9 and not math.isnan(out["representation"])
+
+
+def test_sigma_setting_reaches_the_model_and_is_validated():
+    from inference.recipes.gnm import GNMRecipe
+
+    recipe = GNMRecipe()
+    config = dict(recipe.default_config("mnist4"), seed=0)
+    assert config["sigma"] is None and recipe.model_config(config).sigma == 0.2  # the preset's
+    config["sigma"] = 0.1
+    recipe.validate_config(config)
+    assert recipe.model_config(config).sigma == 0.1
+    for bad in (0, -0.5, "x", True):
+        with pytest.raises(ValueError, match="sigma"):
+            recipe.validate_config(dict(config, sigma=bad))
