@@ -55,7 +55,7 @@ class Geometric:
 
     For positive scales spanning orders of magnitude, e.g. ECON's competition temperature.
 
-    >>> Geometric(100.0, 1.0, 0, 100)(50)
+    >>> round(Geometric(100.0, 1.0, 0, 100)(50), 6)
     10.0
     """
 
@@ -67,16 +67,10 @@ class Geometric:
     def __post_init__(self):
         if not (self.start > 0 and self.end > 0):
             raise ValueError(f"Geometric schedule needs positive values, got {self.start} and {self.end}")
-        if self.finish < self.begin:
-            raise ValueError(f"Geometric schedule ends (step {self.finish}) before it begins (step {self.begin})")
+        Linear(0.0, 0.0, self.begin, self.finish)  # checks the steps
 
     def __call__(self, step: int) -> float:
-        if step <= self.begin:
-            return float(self.start)
-        if step >= self.finish:
-            return float(self.end)
-        frac = (step - self.begin) / (self.finish - self.begin)
-        return float(math.exp(math.log(self.start) + frac * (math.log(self.end) - math.log(self.start))))
+        return float(math.exp(Linear(math.log(self.start), math.log(self.end), self.begin, self.finish)(step)))
 
 
 def as_schedule(value: ScheduleLike) -> Schedule:

@@ -5,7 +5,7 @@ the competition terms of eq. (10) and (12), the winner, the sample z that was sc
 winner's eq. (13) terms with gradients, from the networks and the noise the guide draws. It
 takes nothing from the guide's trace or from ``Competition`` except what it compares: the
 winners, the z values, the scores the handler used, the loss and its gradients. These checks
-fail on each of three bugs that the older tests missed (a detached region in ``explain``, a z
+fail on each of three planted bugs that the older tests missed (a detached region in ``explain``, a z
 drawn with fresh noise, an unweighted L_x) and on wrong competition objectives.
 """
 import math
@@ -20,16 +20,14 @@ from inference.handlers import Competition, ScaleSites
 from inference.objectives import econ_loss
 from inference.recipes.econ import ECONRecipe
 from inference.schedules import Geometric
-from pyro_scenes import ECON
+from test_econ import tiny as tiny_econ
 
 BETA, GAMMA = 2.5, 0.7
 
 
-def tiny(K=3, T=3, size=16, latent=2, seed=0):
-    torch.manual_seed(seed)
-    model = ECON(num_experts=K, num_layers=T, latent_dim=latent, image_size=size, decoder_features=8, decoder_layers=2, sigma_x=0.1)
-    guide = ECONGuide(model, attention_filters=8, attention_blocks=3, encoder_features=8, encoder_layers=2)
-    return model, guide
+def tiny():
+    torch.manual_seed(0)
+    return tiny_econ(K=3, T=3, latent=2)
 
 
 @pytest.fixture(autouse=True)
@@ -168,44 +166,36 @@ def test_a_wrong_competition_objective_fails_the_reference(wrong):
         check_against_reference(model, guide, x, 1.0, handler=wrong)
 
 
-def test_a_detached_region_fails_the_reference(monkeypatch):
-    model, guide = tiny()
-    x = torch.rand(4, 3, 16, 16)
+def detach_the_region(monkeypatch):
     explain = ECONGuide.explain
-
-    def detached(self, *args, **kwargs):
-        region, loc, scale = explain(self, *args, **kwargs)
-        return region.detach(), loc, scale
-
-    monkeypatch.setattr(ECONGuide, "explain", detached)
-    with pytest.raises(AssertionError, match="gradient"):
-        check_against_reference(model, guide, x, 1.0)
+    monkeypatch.setattr(ECONGuide, "explain", lambda self, *a, **kw: (lambda r, loc, scale: (r.detach(), loc, scale))(*explain(self, *a, **kw)))
 
 
-def test_fresh_noise_for_z_fails_the_reference(monkeypatch):
+def draw_z_with_fresh_noise(monkeypatch):
     import guides.econ as guide_module
 
-    model, guide = tiny()
-    x = torch.rand(4, 3, 16, 16)
     take = guide_module.take_expert
     monkeypatch.setattr(guide_module, "take_expert", lambda a, k, d: torch.randn(take(a, k, d).shape) if d == 1 else take(a, k, d))
-    with pytest.raises(AssertionError, match="z_"):
-        check_against_reference(model, guide, x, 1.0)
 
 
-def test_unweighted_appearance_term_fails_the_reference(monkeypatch):
-    model, guide = tiny()
-    x = torch.rand(4, 3, 16, 16)
+def leave_L_x_unweighted(monkeypatch):
     propose = ECONGuide.propose
 
     def unweighted(self, x, scope, last):
         out = propose(self, x, scope, last)
-        sq = (x.unsqueeze(1) - out["mu"]) ** 2
-        out["L_x"] = sq.sum((-3, -2, -1)) / (2 * self.model.sigma_x ** 2)
+        out["L_x"] = ((x.unsqueeze(1) - out["mu"]) ** 2).sum((-3, -2, -1)) / (2 * self.model.sigma_x ** 2)
         return out
 
     monkeypatch.setattr(ECONGuide, "propose", unweighted)
-    with pytest.raises(AssertionError, match="scores"):
+
+
+@pytest.mark.parametrize("plant_bug, message", [(detach_the_region, "gradient"), (draw_z_with_fresh_noise, "z_"),
+                                                (leave_L_x_unweighted, "scores")])
+def test_a_planted_bug_fails_the_reference(monkeypatch, plant_bug, message):
+    model, guide = tiny()
+    x = torch.rand(4, 3, 16, 16)
+    plant_bug(monkeypatch)
+    with pytest.raises(AssertionError, match=message):
         check_against_reference(model, guide, x, 1.0)
 
 
@@ -231,7 +221,8 @@ def test_temperature_divides_the_scores_of_the_draw():
 
 def test_geometric_schedule():
     g = Geometric(1000.0, 1.0, 0, 300)
-    assert g(0) == 1000.0 and g(-5) == 1000.0 and g(300) == 1.0 and g(10_000) == 1.0
+    assert g(0) == pytest.approx(1000.0) and g(-5) == pytest.approx(1000.0)
+    assert g(300) == pytest.approx(1.0) and g(10_000) == pytest.approx(1.0)
     assert g(100) == pytest.approx(100.0) and g(200) == pytest.approx(10.0)
     with pytest.raises(ValueError):
         Geometric(0.0, 1.0, 0, 10)
