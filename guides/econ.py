@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from pyro_scenes.distributions import PresampledNormal, RegionMean, bernoulli_kl
-from pyro_scenes.econ import ECON
+from pyro_scenes.econ import ECON, competition_score
 from pyro_scenes.nn.expert_nets import ExpertAttention, ExpertEncoder
 
 
@@ -138,9 +138,7 @@ class ECONGuide(nn.Module):
                 with torch.no_grad():  # the competition only scores; it is not differentiated
                     p = self.propose(x, scope, last)
                 terms = {"L_x": p["L_x"], "L_r": p["L_r"], "area": p["area"]}
-                logits = -(self.competition_lambda * terms["L_x"] + terms["L_r"])
-                if self.competition_per_pixel:
-                    logits = logits / terms["area"].clamp_min(1.0)
+                logits = -competition_score(terms, self.competition_lambda, self.competition_per_pixel)
                 k = pyro.sample(f"k_{t}", dist.Categorical(logits=logits), infer={"competition": terms})
                 region, loc, scale = self.explain(x, scope, k, last)
                 pyro.sample(f"z_{t}", PresampledNormal(loc, scale, take_expert(p["noise"], k, 1)).to_event(1))

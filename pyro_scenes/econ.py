@@ -28,6 +28,14 @@ from pyro_scenes.distributions import LayeredNormal, RegionBernoulli
 from pyro_scenes.nn.expert_nets import ExpertDecoder
 
 
+def competition_score(terms, lam: float, per_pixel: bool = False) -> torch.Tensor:
+    """The competition objective of section 5.2, ``lambda * L_x(k) + L_r(k)`` (eq. 10 and 12),
+    shape (..., K); with ``per_pixel`` divided by each expert's region size ``sum r~_k`` (at least
+    1), this project's choice (docs/econ.md). ``terms`` holds ``L_x``, ``L_r`` and ``area``."""
+    score = lam * terms["L_x"] + terms["L_r"]
+    return score / terms["area"].clamp_min(1.0) if per_pixel else score
+
+
 class ECON(nn.Module):
     """The ECON generative model p(x, r, z | k) p(k), eq. (8), as a Pyro program.
 

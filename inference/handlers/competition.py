@@ -4,16 +4,14 @@ At every guide site that carries competition terms in ``infer["competition"]`` (
 ``k_t``: each expert's ``L_x`` and ``L_r`` at this step, shape ``(..., K)``) the messenger
 scores the experts by ``lambda * L_x(k) + L_r(k)``, picks the winner stochastically with
 ``P(k) ~ exp(-score / temperature)`` (or greedily by argmin) and replaces the site's
-distribution by a point mass at the winner.
+distribution by a point mass at the winner. A point mass has log-density 0 and no
+score-function term, so ``k_t`` adds no REINFORCE gradient and the loss contains only the
+winner's terms: the greedy maximisation of eq. (13) over k_{1:T} that the paper describes.
 
-The temperature is this project's addition (docs/econ.md, "The competition temperature"):
-section 5.2 leaves the competition objective to the implementer and asks for a *stochastic*
-competition early in training. With temperature 1 (the literal ``exp(-score)``) the scores sum
-over ~3,000 pixel values at sigma_x = 0.1, the gaps between experts are hundreds to thousands
-of nats and the draw is an argmin in practice. A temperature of the order of the number of
-pixel values makes the early competition a real draw; annealing it to 1 restores the paper's. A point mass has log-density 0 and no score-function term, so ``k_t``
-adds no REINFORCE gradient and the loss contains only the winner's terms: the greedy
-maximisation of eq. (13) over k_{1:T} that the paper describes.
+The per-pixel score and the temperature are this project's additions (docs/econ.md, "What we
+tried"): section 5.2 leaves the competition objective to the implementer. With the literal sums
+at sigma_x = 0.1 the gaps between experts are hundreds to thousands of nats, the draw is an
+argmin in practice, and it goes to the expert with the smallest region.
 """
 from __future__ import annotations
 
@@ -22,6 +20,8 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.distributions.score_parts import ScoreParts
 from pyro.poutine.messenger import Messenger
+
+from pyro_scenes.econ import competition_score
 
 
 class Winner(TorchDistribution):
@@ -87,8 +87,7 @@ class Competition(Messenger):
 
     def scores(self, terms) -> torch.Tensor:
         """The competition objective lambda * L_x + L_r (per pixel of the region if ``per_pixel``), shape (..., K)."""
-        score = self.lam * terms["L_x"] + terms["L_r"]
-        return score / terms["area"].clamp_min(1.0) if self.per_pixel else score
+        return competition_score(terms, self.lam, self.per_pixel)
 
     def _pyro_sample(self, msg):
         terms = msg["infer"].get("competition")

@@ -152,9 +152,9 @@ class ECONRecipe(Recipe):
     def expert_gradient_norms(self, model, guide, dataset, step, config) -> Dict:
         """Each expert's gradient norm (attention, encoder, decoder) of the training loss on one
         held-out batch: an expert that never wins shows 0 and is not learning."""
-        n = min(config["batch_size"], len(dataset))
-        batch = dataset.generate(list(range(n))) if hasattr(dataset, "generate") else None
-        images = batch["image"] if batch is not None else torch.stack([dataset[i]["image"] for i in range(n)])
+        from inference.training.data import fixed_batch
+
+        images = fixed_batch(dataset, config["batch_size"])["image"]
         params = [p for m in (model, guide) for p in m.parameters()]
         saved = [p.grad for p in params]
         for p in params:

@@ -154,11 +154,11 @@ def restore(path, device="cpu", overrides=None):
     recipe = recipes.get_recipe(ckpt["model"])
     config = dict(ckpt["config"])
     if overrides:
-        known = set(config) | set(recipe.default_config(config["dataset"]))  # keys added after the run was made
-        unknown = sorted(set(overrides) - known)
+        defaults = recipe.default_config(config["dataset"])  # knows keys added after the run was made
+        unknown = sorted(set(overrides) - set(config) - set(defaults))
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} for model {ckpt['model']!r}")
-        recipe.validate_config({**recipe.default_config(config["dataset"]), **config, **overrides})
+        recipe.validate_config({**defaults, **config, **overrides})
         config.update(overrides)
     pyro.clear_param_store()
     model, guide = recipe.build(config, device)

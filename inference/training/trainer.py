@@ -264,7 +264,7 @@ class Trainer:
             plot_losses(self.run_dir.path)
             plot_metrics(self.run_dir.path)
         except Exception as e:  # a figure must never stop training
-            self._warn(f"could not draw loss.png: {e}")
+            self._warn(f"could not draw loss.png / metrics.png: {e}")
         self._plotted_at = time.monotonic()
 
     # ------------------------------------------------------------- evaluation
