@@ -102,7 +102,7 @@ def plan_new(model: Optional[str], dataset: Optional[str], out: Optional[str],
 
 def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str], device,
                 file_config: Dict[str, Any], flags: Dict[str, Any], sets: Dict[str, Any],
-                file_label: str = "--config"):
+                file_label: str = "--config", amend: bool = False):
     """Validate a resumed run; returns ``(recipe, config, out_path, checkpoint_dict, checkpoint_path)``."""
     if out is None:
         if model is None:
@@ -140,7 +140,8 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
     if reserved:
         raise click.UsageError(f"--set {reserved[0]}: use --{reserved[0]} instead")
     try:
-        config = resume_overrides(dict(ck["config"]), (file_label, file_config), ("flags", flags), ("--set", sets))
+        config = resume_overrides(dict(ck["config"]), (file_label, file_config), ("flags", flags), ("--set", sets),
+                                  amend_at=ck["step"] if amend else None)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None
     _validate(recipe, config)
@@ -170,6 +171,10 @@ log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status:
               help="Where to train; cuda must be available.")
 @click.option("--out", metavar="DIR", help="Run directory. default runs/<model>-<dataset>")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint, exactly.")
+@click.option("--amend", is_flag=True,
+              help="With --resume: let --set and the flags change any setting (e.g. a lower --lr after a "
+                   "divergence) from the checkpoint's step on; each change is recorded in config.json "
+                   "under 'amendments'.")
 @click.option("--config", "config_file", metavar="FILE.json", help="JSON object of settings (KEY: VALUE).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override one setting (repeatable); VALUE is read as JSON, else as a string. "
@@ -185,7 +190,7 @@ log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status:
 @click.option("--deterministic/--no-deterministic", default=None,
               help="torch.use_deterministic_algorithms, warn-only (default on: needed for bit-exact "
                    "--resume of conv models on a multi-threaded CPU).")
-def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, config_file, sets, image_size,
+def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, amend, config_file, sets, image_size,
          num_train, workers, log_every, val_every, ckpt_every, keep, figures_every, deterministic):
     """Train a structured scene model (model and guide from its recipe) with SVI."""
     from inference.training.trainer import Interrupted, Trainer, TrainingError
@@ -204,12 +209,14 @@ def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, confi
         raise click.UsageError(str(e)) from None
     if resume:
         recipe, config, out_path, ck, ck_path = plan_resume(model, dataset, out, torch_device, file_config,
-                                                            flags, set_values, file_label)
+                                                            flags, set_values, file_label, amend)
         if ck["step"] >= config["steps"]:
             click.echo(f"{out_path}: the run is already at step {ck['step']} of {config['steps']}; nothing to do "
                        f"(pass a larger --steps to train on). Latest checkpoint: {ck_path}")
             return
     else:
+        if amend:
+            raise click.UsageError("--amend changes a run being resumed; use it with --resume")
         recipe, config, out_path = plan_new(model, dataset, out, file_config, flags, set_values, file_label)
         ck = None
     trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo)

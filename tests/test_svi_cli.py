@@ -266,6 +266,30 @@ def test_resume_may_change_operational_settings(existing):
     assert steps == [3, 6, 9, 12, 14, 16]
 
 
+def test_resume_with_amend_changes_the_lr_and_records_it(existing):
+    lr = config_of(existing)["lr"]
+    train("--resume", "--amend", "--lr", lr / 10, "--steps", 15, "--out", existing)
+    c = config_of(existing)
+    assert c["lr"] == lr / 10
+    assert c["amendments"] == [{"step": 12, "key": "lr", "from": lr, "to": lr / 10}]
+    records = [json.loads(line) for line in (existing / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records if r["step"] > 12] == [pytest.approx(lr / 10)]
+    # a later plain resume keeps the amended lr (the optimiser state now carries it) and the record
+    train("--resume", "--steps", 18, "--out", existing)
+    assert config_of(existing)["amendments"] == c["amendments"]
+    records = [json.loads(line) for line in (existing / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 18 and records[-1]["lr"] == pytest.approx(lr / 10)
+
+
+def test_amend_needs_resume(toy, tmp_path):
+    from click.testing import CliRunner
+
+    from inference.svi import main
+
+    result = CliRunner().invoke(main, ["--model", "toy", "--amend", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "--amend changes a run being resumed" in result.output
+
+
 def test_summary_and_final_message(existing, tmp_path):
     result = train("--model", "toy", "--steps", 2, "--out", tmp_path / "s")
     first = result.output.splitlines()[0]

@@ -29,6 +29,9 @@ TRAINER_DEFAULTS: Dict[str, Any] = {
 #: keys set by ``--model`` / ``--dataset`` only
 RESERVED_KEYS = ("model", "dataset")
 
+#: the config key listing the settings changed by ``--resume --amend`` (``{step, key, from, to}``)
+AMENDMENTS_KEY = "amendments"
+
 #: keys that may change when a run is resumed (they do not change the numbers of a step)
 RESUMABLE_KEYS = ("steps", "workers", "log_every", "ckpt_every", "keep", "figures_every", "deterministic")
 
@@ -202,15 +205,17 @@ def validate_trainer_config(config: Mapping[str, Any]) -> None:
         raise ConfigError(f"config is not JSON-serialisable: {e}") from None
 
 
-def resume_overrides(run_config: Mapping[str, Any], *sources) -> Dict[str, Any]:
+def resume_overrides(run_config: Mapping[str, Any], *sources, amend_at: Optional[int] = None) -> Dict[str, Any]:
     """Apply ``(label, {key: value})`` sources (--config file, flags, --set; later wins) to a resumed
     run's config.
 
     Only :data:`RESUMABLE_KEYS` may change; any other key whose value differs raises
-    :class:`ConfigError` (changing it would not continue the same run).
+    :class:`ConfigError` (changing it would not continue the same run) unless ``amend_at`` (the
+    checkpoint's step) is given: then every setting may change and each change is appended to
+    ``config["amendments"]`` as ``{"step", "key", "from", "to"}``, so the run says how it was made.
     """
     out = dict(run_config)
-    valid = {k: None for k in run_config if k not in RESERVED_KEYS}
+    valid = {k: None for k in run_config if k not in RESERVED_KEYS and k != AMENDMENTS_KEY}
     requested: Dict[str, Any] = {}
     for label, values in sources:
         values = {k: v for k, v in values.items() if k not in RESERVED_KEYS}
@@ -223,10 +228,14 @@ def resume_overrides(run_config: Mapping[str, Any], *sources) -> Dict[str, Any]:
     for key, value in requested.items():
         if value == run_config[key]:
             continue
-        if key not in RESUMABLE_KEYS:
+        if key not in RESUMABLE_KEYS and amend_at is not None:
+            out[AMENDMENTS_KEY] = list(out.get(AMENDMENTS_KEY, [])) + [
+                {"step": amend_at, "key": key, "from": run_config[key], "to": value}]
+        elif key not in RESUMABLE_KEYS:
             raise ConfigError(
                 f"{FLAG_NAME.get(key, key)}: cannot change {key!r} when resuming (the run has "
                 f"{json.dumps(run_config[key])}, asked {json.dumps(value)}); only "
-                f"{', '.join(RESUMABLE_KEYS)} may change; start a new --out for other settings")
+                f"{', '.join(RESUMABLE_KEYS)} may change; start a new --out for other settings, or add "
+                f"--amend to change it from here on (recorded in config.json under {AMENDMENTS_KEY!r})")
         out[key] = value
     return out

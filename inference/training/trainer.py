@@ -182,6 +182,7 @@ class Trainer:
             if self.scheduler is not None and ck.get("scheduler_state") is not None:
                 self.scheduler.load_state_dict(ck["scheduler_state"])
             self.step = int(ck["step"])
+            self._apply_amended_lr(cfg)
             data_state = ck.get("data")
             trainer_state = ck.get("trainer") or {}
             self.window = Window.from_state(trainer_state.get("window"))
@@ -194,6 +195,15 @@ class Trainer:
         self._plotted_at = -float("inf")
         self._prepared = True
         return self
+
+    def _apply_amended_lr(self, cfg) -> None:
+        """An ``--amend``-ed lr at this step replaces the one restored with the optimiser's state."""
+        for change in cfg.get("amendments", ()):
+            if change["key"] == "lr" and change["step"] == self.step:
+                for group in self.optimizer.param_groups:
+                    group["lr"] = change["to"]
+                    if "initial_lr" in group:
+                        group["initial_lr"] = change["to"]
 
     def _set_determinism(self, on: bool) -> None:
         """Deterministic kernels for the run (process-wide in torch; :meth:`close` restores the previous mode)."""
