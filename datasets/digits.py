@@ -5,6 +5,11 @@ Both sources expose ``num_classes = 10``, ``len()``, ``get(index) -> (28x28 floa
 ``select(labels, u)`` (deterministic: instance ``floor(u * count[label])`` of that label, used
 by the scene generators so that scenes are reproducible per index).
 Nothing is ever downloaded.
+
+Splits never share a digit (:func:`default_digit_source`): with real MNIST, training scenes take
+the first five sixths of MNIST's training file (50,000 digits), validation scenes its last sixth
+(10,000) and test scenes the ``t10k`` file; with the synthetic source each split has its own
+bank (seeds :data:`SYNTHETIC_SPLIT_SEEDS`).
 """
 from __future__ import annotations
 
@@ -29,6 +34,13 @@ log = logging.getLogger(__name__)
 #: environment variable holding the MNIST folder (or images file) for :func:`default_digit_source`
 MNIST_ENV = "PYRO_SCENES_MNIST"
 DIGIT_SIZE = 28
+#: the last 1/VAL_DIVISOR of MNIST's training file is kept for validation scenes
+VAL_DIVISOR = 6
+#: which IDX file and part of it each split draws its digits from
+IDX_SPLITS = {"train": ("train", "train"), "val": ("train", "val"), "test": ("t10k", "all")}
+#: seed of each split's synthetic digit bank; training keeps seed 0, the bank all splits used
+#: before they had their own digits, so training scenes are unchanged
+SYNTHETIC_SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
 class _DigitBank:
@@ -170,16 +182,28 @@ class IDXDigits(_DigitBank):
     ``path`` is a folder holding ``{kind}-images-idx3-ubyte`` and ``{kind}-labels-idx1-ubyte``
     (each optionally ``.gz``; the ``MNIST/raw/`` layout torchvision writes and ``raw/`` are
     searched too), or the images file itself.  ``path=None`` reads the environment variable
-    ``PYRO_SCENES_MNIST``.  ``kind`` is ``"train"`` (60,000 digits) or ``"t10k"`` (10,000).
-    Images of another size than 28x28 are resized to 28x28.
+    ``PYRO_SCENES_MNIST``.  ``kind`` is ``"train"`` (60,000 digits) or ``"t10k"`` (10,000);
+    when ``path`` is an images file, ``kind="t10k"`` reads the file whose name has ``t10k`` in
+    place of ``train``.  ``part`` keeps ``"all"`` the digits, the first five sixths
+    (``"train"``) or the last sixth (``"val"``, :data:`VAL_DIVISOR`), so that training and
+    validation scenes never share a digit.  Images of another size than 28x28 are resized to
+    28x28.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None, kind: str = "train") -> None:
+    def __init__(self, path: str | os.PathLike | None = None, kind: str = "train",
+                 part: str = "all") -> None:
+        if part not in ("all", "train", "val"):
+            raise DatasetError(f"part must be 'all', 'train' or 'val', got {part!r}")
         if path is None:
             path = os.environ.get(MNIST_ENV)
             if not path:
                 raise DatasetError(f"no MNIST path given and ${MNIST_ENV} is not set")
         root = Path(path).expanduser()
+        if root.is_file() and kind == "t10k" and "train" in root.name:
+            root = root.with_name(root.name.replace("train", "t10k"))
+            if not root.is_file():
+                raise DatasetError(f"MNIST test images {root} not found (test scenes use the "
+                                   "t10k digits, never the training ones)")
         if root.is_file():
             images_path = root
             name = root.name.replace("images", "labels").replace("idx3", "idx1")
@@ -203,7 +227,12 @@ class IDXDigits(_DigitBank):
                                f"has {labels.shape[0]} labels")
         if labels.size and labels.max() > 9:
             raise DatasetError(f"{labels_path}: labels must be 0..9, found {int(labels.max())}")
-        self.images_path, self.labels_path, self.kind = images_path, labels_path, kind
+        self.images_path, self.labels_path = images_path, labels_path
+        self.kind, self.part = kind, part
+        n_val = images.shape[0] // VAL_DIVISOR
+        keep = {"all": slice(None), "train": slice(0, images.shape[0] - n_val),
+                "val": slice(images.shape[0] - n_val, None)}[part]
+        images, labels = images[keep], labels[keep]
         imgs = torch.from_numpy(images.copy())
         if imgs.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE):
             imgs = (F.interpolate(imgs[:, None].float(), size=(DIGIT_SIZE, DIGIT_SIZE),
@@ -217,7 +246,7 @@ class IDXDigits(_DigitBank):
     def config(self) -> dict:
         st = self.images_path.stat()
         return dict(source="idx", images=str(self.images_path.resolve()), size=st.st_size,
-                    count=len(self))
+                    count=len(self), part=self.part)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -371,23 +400,30 @@ _warned_synthetic = False
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_idx(path: str, kind: str) -> IDXDigits:
-    return IDXDigits(path, kind)
+def _cached_idx(path: str, kind: str, part: str) -> IDXDigits:
+    return IDXDigits(path, kind, part)
 
 
-def default_digit_source(path: str | os.PathLike | None = None, kind: str = "train",
-                         seed: int = 0):
-    """IDX MNIST when ``path`` or ``$PYRO_SCENES_MNIST`` is set, else :class:`SyntheticDigits`.
+def default_digit_source(path: str | os.PathLike | None = None, split: str = "train"):
+    """The digits of a dataset split: IDX MNIST when ``path`` or ``$PYRO_SCENES_MNIST`` is set,
+    else :class:`SyntheticDigits`.
 
+    Splits never share a digit: with MNIST, ``train`` scenes use the first five sixths of the
+    training file, ``val`` its last sixth and ``test`` the ``t10k`` file (:data:`IDX_SPLITS`);
+    the synthetic banks of the splits have different seeds (:data:`SYNTHETIC_SPLIT_SEEDS`).
     Using the synthetic source is logged (``logging.WARNING`` once per process, then INFO).
     Sources are cached per process, so repeated calls are cheap.
     """
     global _warned_synthetic
+    if split not in SYNTHETIC_SPLIT_SEEDS:
+        raise DatasetError(f"unknown split {split!r}; valid splits: "
+                           f"{', '.join(SYNTHETIC_SPLIT_SEEDS)}")
     if path is None:
         path = os.environ.get(MNIST_ENV) or None
     if path is not None:
-        src = _cached_idx(str(Path(path).expanduser().resolve()), kind)
-        log.info("using MNIST digits from %s", src.images_path)
+        src = _cached_idx(str(Path(path).expanduser().resolve()), *IDX_SPLITS[split])
+        log.info("using MNIST digits from %s (%s part) for the %s split", src.images_path,
+                 src.part, split)
         return src
     msg = (f"no MNIST files given (option mnist_path / ${MNIST_ENV}): using the built-in "
            "synthetic handwritten-like digits (font glyphs with random affine, elastic and "
@@ -397,7 +433,7 @@ def default_digit_source(path: str | os.PathLike | None = None, kind: str = "tra
         _warned_synthetic = True
     else:
         log.info(msg)
-    return _cached_synthetic(seed)
+    return _cached_synthetic(SYNTHETIC_SPLIT_SEEDS[split])
 
 
 @functools.lru_cache(maxsize=4)

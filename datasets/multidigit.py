@@ -8,7 +8,7 @@ import torch
 
 from ._rng import ItemRNG
 from .base import Batch, SceneDataset, boxes_from_masks, check_int, layer
-from .digits import DIGIT_SIZE, IDXDigits, default_digit_source
+from .digits import DIGIT_SIZE, default_digit_source
 from .errors import DatasetError
 
 VARIANTS = ("mnist4", "mnist10", "mnist4-10")
@@ -39,9 +39,12 @@ class MultiDigit(SceneDataset):
 
     Args:
         digit_source: an object with ``select(labels, u, size)`` such as
-            :class:`datasets.digits.IDXDigits` / :class:`~datasets.digits.SyntheticDigits`, or a
-            path to MNIST IDX files; ``None`` = :func:`datasets.digits.default_digit_source`
-            (``$PYRO_SCENES_MNIST`` if set, else synthetic digits, logged).
+            :class:`datasets.digits.IDXDigits` / :class:`~datasets.digits.SyntheticDigits`, used
+            as given, or a path to MNIST IDX files, or ``None`` (``$PYRO_SCENES_MNIST`` if set,
+            else synthetic digits, logged).  A path or ``None`` gives the digits of the dataset's
+            ``split`` (:func:`datasets.digits.default_digit_source`; ``"train"`` until
+            :func:`~datasets.make_dataset` sets it), so that the training, validation and test
+            scenes never share a digit.
 
     Item keys (N = ``max_objects``: 4 for mnist4, 10 otherwise; H = W = ``image_size``):
         ``image`` float (1, H, W); ``num_objects`` long () (4 or 10); ``valid`` bool (N,);
@@ -86,16 +89,30 @@ class MultiDigit(SceneDataset):
                 f"for the MNIST-4 corners / MNIST-10 quadrants, got {self.image_size}")
         self.patch = p
         self.max_objects = 4 if variant == "mnist4" else 10
-        if digit_source is None:
-            digit_source = default_digit_source()
-        elif isinstance(digit_source, (str, os.PathLike)):
-            digit_source = IDXDigits(digit_source)
+        self._split = None
+        self._digits_per_split = (digit_source is None
+                                  or isinstance(digit_source, (str, os.PathLike)))
+        if self._digits_per_split:
+            self._digit_path = digit_source
+            digit_source = default_digit_source(digit_source, "train")
         if not hasattr(digit_source, "select"):
             raise DatasetError(f"digit_source must be a digit source (IDXDigits, "
                                f"SyntheticDigits) or a path, got {digit_source!r}")
         self.digit_source = digit_source
         # big canvases: keep chunks around 64 MB of masks
         self.chunk_size = max(8, int(2 ** 26 // (self.max_objects * self.image_size ** 2)))
+
+    @property
+    def split(self) -> str | None:
+        """The split set by :func:`~datasets.make_dataset`; setting it picks that split's digits
+        unless a digit source object was given."""
+        return self._split
+
+    @split.setter
+    def split(self, split: str | None) -> None:
+        self._split = split
+        if self._digits_per_split:
+            self.digit_source = default_digit_source(self._digit_path, split or "train")
 
     def config(self) -> dict:
         src = self.digit_source

@@ -88,8 +88,8 @@ def test_idx_images_file_path_and_env(tmp_path, monkeypatch):
     assert len(src) == N_IDX
     monkeypatch.setenv(ddigits.MNIST_ENV, str(tmp_path))
     assert len(ddigits.IDXDigits()) == N_IDX
-    chosen = ddigits.default_digit_source()
-    assert isinstance(chosen, ddigits.IDXDigits) and len(chosen) == N_IDX
+    chosen = ddigits.default_digit_source()  # the training split's part of the file
+    assert isinstance(chosen, ddigits.IDXDigits) and len(chosen) == N_IDX - N_IDX // 6
 
 
 def test_default_source_is_synthetic_and_logged(caplog):
