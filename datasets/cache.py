@@ -33,6 +33,8 @@ from .errors import DatasetError
 
 log = logging.getLogger(__name__)
 
+#: the environment variable naming the cache folder
+CACHE_ENV = "PYRO_SCENES_CACHE"
 FORMAT = "pyro-scenes-cache"
 VERSION = 1
 _IMAGE_DTYPES = ("uint8", "float32")
@@ -141,6 +143,12 @@ def write_split(dataset, path: str | os.PathLike, batch_size: int = 256,
     except OSError:  # pragma: no cover - e.g. platforms without directory fsync
         pass
     return path
+
+
+def default_cache_dir() -> Path:
+    """The cache folder of datasets, S-Acc checkers and the like: ``$PYRO_SCENES_CACHE``, else ``~/.cache/pyro_scenes``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pyro_scenes"
 
 
 def atomic_write(path: Path, write) -> None:

@@ -1,13 +1,11 @@
-"""Evaluate a trained ECON or GNM run with the papers' metrics.
+"""Evaluate a trained run with the metrics of its model's recipe (protocols: docs/metrics.md).
 
     python -m inference.evaluate RUN_DIR_OR_CHECKPOINT [--metrics ari,fg-ari] [--num-samples N]
         [--split test] [--out FILE.json] [--device cpu]
 
-ECON: ari, fg-ari, msc, specialisation, shape-iou. GNM: box-ap, count-accuracy, ll, s-acc,
-d-steps, representation. Default: all metrics of the checkpoint's model. Writes a JSON of results
-(default ``<run>/eval/metrics_<split>.json``) and plots beside it. Exits with status 1 on a
-missing, unreadable or incompatible checkpoint and 2 on bad options (e.g. an unknown metric).
-Protocols: docs/metrics.md.
+Default: all metrics of the checkpoint's model. Writes a JSON of results (default
+``<run>/eval/metrics_<split>.json``) and plots beside it. Exits with status 1 on a missing,
+unreadable or incompatible checkpoint and 2 on bad options (e.g. an unknown metric).
 """
 from __future__ import annotations
 
@@ -15,10 +13,12 @@ import sys
 
 import click
 
-from inference.evaluation import ALL_METRICS, EvaluationError, evaluate, parse_metrics
+from inference.evaluation import EvaluationError, evaluate, model_metrics, parse_metrics
+
+METRICS_HELP = "; ".join(f"{model}: {', '.join(metrics)}" for model, metrics in model_metrics().items())
 
 
-@click.command(help=__doc__.split("\n\n")[0] + f" Metrics: {', '.join(ALL_METRICS)}.")
+@click.command(help=__doc__.split("\n\n")[0] + f" Metrics per model: {METRICS_HELP}.")
 @click.argument("path", type=click.Path())
 @click.option("--metrics", "-m", multiple=True, help="comma-separated metric names (default: all for the model)")
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,

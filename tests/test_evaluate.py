@@ -8,9 +8,12 @@ from click.testing import CliRunner
 
 from inference.evaluate import cli
 from inference.evaluation import EvaluationError, evaluate, parse_metrics, select_metrics
+from inference.figures.__main__ import main as figures_cli
+from inference.likelihood.__main__ import main as likelihood_cli
 from inference.metrics.structure import TrainSettings
 from inference.recipes import get_recipe
 from inference.training.checkpoint import save_checkpoint
+from toy_recipe import toy  # noqa: F401  (a fixture)
 
 
 def _make_run(root, name, dataset, **overrides):
@@ -41,9 +44,9 @@ def test_metric_parsing():
     assert parse_metrics(["ari,fg-ari", " MSC "]) == ["ari", "fg-ari", "msc"]
     with pytest.raises(EvaluationError, match="unknown metric"):
         parse_metrics(["ari,bogus"])
-    assert select_metrics("gnm", None)[0] == "box-ap"
+    assert select_metrics(get_recipe("gnm"), None)[0] == "box-ap"
     with pytest.raises(EvaluationError, match="do not apply to econ"):
-        select_metrics("econ", ["box-ap"])
+        select_metrics(get_recipe("econ"), ["box-ap"])
 
 
 def test_cli_errors(tmp_path, econ_run):
@@ -95,8 +98,8 @@ def test_econ_end_to_end(tmp_path, econ_run):
 
 def test_gnm_end_to_end(tmp_path, gnm_run):
     report = evaluate(gnm_run, num_samples=6, batch_size=6, particles=2, out=tmp_path / "gnm.json", progress=False,
-                      checker_cache=tmp_path / "cache", checker_settings=TrainSettings(num_scenes=4, steps=1, batch_size=4, width=8),
-                      dsteps_options=dict(max_steps=4, eval_every=2))
+                      metric_options={"s-acc": dict(cache=tmp_path / "cache", settings=TrainSettings(num_scenes=4, steps=1, batch_size=4, width=8)),
+                                      "d-steps": dict(max_steps=4, eval_every=2)})
     res = report["results"]
     assert report["model"] == "gnm" and res["num_scenes"] == 6
     assert 0.0 <= res["box-ap@0.5"] <= 1.0 and 0.0 <= res["count-accuracy"] <= 1.0
@@ -123,3 +126,29 @@ def test_econ_on_scenes_with_more_objects_than_in_training(tmp_path, econ_run):
     assert r.exit_code == 2 and "num_layers" in r.output
     r = CliRunner().invoke(cli, [str(econ_run), "-n", "1", "-q", "--set", "novalue"])
     assert r.exit_code == 2 and "KEY=VALUE" in r.output
+
+
+def test_a_recipe_with_only_the_training_hooks_is_evaluated_by_its_log_likelihood(tmp_path, toy):
+    """The toy recipe overrides no evaluation hook: the contract's defaults give it ``ll``
+    (importance sampling with its guide), its plot and the likelihood CLI."""
+    run = _make_run(tmp_path / "toy", "toy", "blocks")
+    report = evaluate(run, num_samples=4, batch_size=2, particles=3, out=tmp_path / "toy.json", progress=False)
+    assert report["model"] == "toy" and report["metrics"] == ["ll"]
+    assert report["results"]["ll_particles"] == 3 and report["results"]["ll_images"] == 4
+    assert isinstance(report["results"]["ll"], float)
+    assert [p.rsplit("/", 1)[-1] for p in report["plots"]] == ["toy_ll.png"]
+    with pytest.raises(EvaluationError, match="do not apply to toy"):
+        evaluate(run, metrics=["ari"], out=tmp_path / "x.json", progress=False)
+    r = CliRunner().invoke(likelihood_cli, [str(run), "--particles", "3", "--num-images", "2", "--batch-size", "2"])
+    assert r.exit_code == 0, r.output
+    assert "toy blocks step 7: log p(x) =" in r.output and "K = 3" in r.output
+
+
+def test_figures_cli(tmp_path, econ_run):
+    r = CliRunner().invoke(figures_cli, [str(econ_run), "--out", str(tmp_path), "--num-images", "2"])
+    assert r.exit_code == 0, r.output
+    written = r.output.split()
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["decomposition.png", "expert_samples.png", "layered_generation.png"]
+    assert all((tmp_path / p.rsplit("/", 1)[-1]).stat().st_size > 1000 for p in written)
+    r = CliRunner().invoke(figures_cli, [str(tmp_path / "missing")])
+    assert r.exit_code == 1 and "no such checkpoint" in r.output

@@ -75,15 +75,13 @@ def test_predictive_and_condition_work_on_the_loaded_pair(name):
 # ------------------------------------------------------------------------------------------ GNM
 def test_gnm_mnist4_finds_the_digits_of_fresh_scenes():
     from inference.evaluation.gnm import evaluate_gnm
-    from inference.recipes import get_recipe
 
     model, guide = pretrained.load("gnm-mnist4")
-    config = pretrained.info("gnm-mnist4")["config"]
     # 32 scenes never used in training or selection: the test split under a new seed
     data = make_dataset("mnist4", split="test", num_scenes=32, image_size=model.cfg.image_size, seed=12345)
     torch.manual_seed(0)
-    results = evaluate_gnm(get_recipe("gnm"), config, model, guide, data, metrics=("box-ap", "count-accuracy"),
-                           num_samples=32, progress=False)["results"]
+    results = evaluate_gnm(model, guide, data, "mnist4", metrics=("box-ap", "count-accuracy"), num_samples=32,
+                           progress=False)["results"]
     # shipped: box AP@0.5 0.747 and count accuracy 0.930 on 500 test scenes (info()["metrics"])
     assert results["box-ap@0.5"] >= 0.6 and results["count-accuracy"] >= 0.8, results
 

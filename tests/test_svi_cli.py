@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training_toy import toy, train  # noqa: E402,F401  (toy is a fixture)
+from toy_recipe import toy, train  # noqa: E402,F401  (toy is a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_training_toy import ToyDataset, ToyRecipe, toy, train  # noqa: E402,F401  (toy is a fixture)
+from toy_recipe import ToyDataset, ToyRecipe, toy, train  # noqa: E402,F401  (toy is a fixture)
 
 from inference.training import CheckpointError, find_checkpoint, load_checkpoint, restore  # noqa: E402
 from inference.training.checkpoint import list_checkpoints, save_checkpoint  # noqa: E402
@@ -323,7 +323,7 @@ def test_fixed_batch_keeps_ragged_keys_as_lists():
 
 def test_module_that_shadows_torch_version_attribute_still_checkpoints(toy, tmp_path, monkeypatch):
     # a module defining its own ``_version`` method puts a bound method into state_dict metadata
-    from test_training_toy import ToyModel
+    from toy_recipe import ToyModel
 
     import weakref
 

@@ -7,144 +7,131 @@ from typing import Dict, List, Sequence
 
 import torch
 
+from datasets.sprites import CLASS_NAMES
+from inference.decompose import decompose
+from inference.evaluation import plots
+from inference.evaluation.data import scene_batches
 from inference.metrics import econ as econ_metrics
 from inference.metrics.segmentation import ari, mean_segmentation_covering
 
-METRICS = ("ari", "fg-ari", "msc", "specialisation", "shape-iou")
-
-
-def decompose(model, guide, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Greedy decomposition (``guide.decompose`` when the guide has one, else
-    :func:`inference.decompose.decompose`)."""
-    if hasattr(guide, "decompose"):
-        return guide.decompose(images, greedy=True)
-    from inference.decompose import decompose as _decompose
-    return _decompose(model, guide, images, greedy=True)
-
-
-def class_names(dataset) -> List[str]:
-    try:
-        from datasets.sprites import CLASS_NAMES
-        return list(CLASS_NAMES)
-    except ImportError:  # pragma: no cover
-        return [str(i) for i in range(3)]
+#: per-image segmentation metrics: (true, predicted) segmentations -> one value per image
+SEGMENTATION = {
+    "ari": ari,
+    "fg-ari": lambda true, pred: ari(true, pred, ignore=0),
+    "msc": mean_segmentation_covering,
+}
 
 
 @torch.no_grad()
-def evaluate_econ(model, guide, dataset, metrics: Sequence[str] = METRICS, num_samples: int = 1000,
-                  batch_size: int = 32, device="cpu", progress: bool = True) -> Dict:
-    """Run the ECON metrics on the first ``num_samples`` scenes of ``dataset``.
+def evaluate_econ(model, guide, dataset, metrics: Sequence[str], num_samples: int = 1000, batch_size: int = 32,
+                  device="cpu", progress: bool = True) -> Dict:
+    """Run the ECON ``metrics`` on the first ``num_samples`` scenes of ``dataset``, each scene
+    decomposed greedily (:func:`inference.decompose.decompose`).
 
     Returns ``{"results": {...}, "per_image": {...}, "matrix": ..., ...}``: ``results`` holds the
-    JSON-ready numbers, the rest feeds the plots.
+    JSON-ready numbers, the rest feeds :func:`econ_plots`.
     """
-    model.eval()
-    guide.eval()
     n = min(int(num_samples), len(dataset))
     if n < 1:
         raise ValueError("no scenes to evaluate")
-    names = class_names(dataset)
-    num_classes = len(names)
-    num_experts = int(getattr(model, "num_experts", 0)) or None
-    aris, fg_aris, mscs = [], [], []
-    classes, experts, ious_pred, ious_true, occluded = [], [], [], [], []
-    bg_experts, winners = [], []
-    rng = range(0, n, batch_size)
-    if progress:
-        from tqdm import tqdm
-        rng = tqdm(rng, desc="ECON evaluation", unit="batch")
-    for s in rng:
-        idx = list(range(s, min(s + batch_size, n)))
-        batch = dataset.generate(idx) if hasattr(dataset, "generate") else _stack([dataset[i] for i in idx])
-        x = batch["image"].to(device)
-        dec = decompose(model, guide, x)
+    segmentation = {m: [] for m in SEGMENTATION if m in metrics}
+    assignments, winners = [], []
+    for _, batch in scene_batches(dataset, n, batch_size, "ECON evaluation", progress):
+        dec = decompose(model, guide, batch["image"].to(device), greedy=True)
         regions = dec["regions"].float().cpu()
         winners.append(dec["experts"].cpu())
-        pred = econ_metrics.segmentation_from_regions(regions)
-        true = batch["segmentation"]
+        pred, true = econ_metrics.segmentation_from_regions(regions), batch["segmentation"]
         if pred.shape != true.shape:
             raise ValueError(f"decomposition is {tuple(pred.shape)} but the ground truth is {tuple(true.shape)}")
-        if {"ari"} & set(metrics):
-            aris.append(ari(true, pred))
-        if {"fg-ari"} & set(metrics):
-            fg_aris.append(ari(true, pred, ignore=0))
-        if {"msc"} & set(metrics):
-            mscs.append(mean_segmentation_covering(true, pred))
+        for m, values in segmentation.items():
+            values.append(SEGMENTATION[m](true, pred))
         if {"specialisation", "shape-iou"} & set(metrics):
-            layer = econ_metrics.assign_objects_to_layers(batch["visible_masks"], regions, batch["valid"])
-            exp = dec["experts"].cpu()
-            ok = layer >= 0
-            won = torch.where(ok, torch.gather(exp, 1, layer.clamp_min(0)), torch.full_like(layer, -1))
-            classes.append(torch.where(ok, batch["labels"], torch.full_like(layer, -1)))
-            experts.append(won)
-            bg_layer = econ_metrics.assign_background_layer(true, regions)
-            bg_experts.append(torch.gather(exp, 1, bg_layer.clamp_min(0)[:, None])[:, 0])
-            masks = dec["masks"].float().cpu()[:, :, 0]  # (B, T, H, W)
-            pm = torch.gather(masks, 1, layer.clamp_min(0)[:, :, None, None].expand(-1, -1, *masks.shape[-2:]))
-            ious_pred.append(pm)
-            ious_true.append(batch["masks"])
-            vis = batch["visible_masks"].flatten(2).sum(-1)
-            full = batch["masks"].flatten(2).sum(-1)
-            occluded.append(ok & batch["valid"] & (vis < full))
-    results: Dict = {"num_scenes": n}
-    won = torch.cat(winners)  # (n, T): winning expert per layer
-    ne = num_experts or int(won.max()) + 1
-    # win_share[t - 1][k]: share of the scenes whose layer t (1 = back) expert k explains
-    results["win_share"] = [torch.bincount(won[:, t], minlength=ne).div(n).tolist() for t in range(won.shape[1])]
-    out: Dict = {"results": results, "per_image": {}, "class_names": names}
-    for key, vals in (("ari", aris), ("fg-ari", fg_aris), ("msc", mscs)):
-        if vals:
-            v = torch.cat(vals)
-            out["per_image"][key] = v
-            good = v[~torch.isnan(v)]
-            results[key] = float(good.mean()) if len(good) else float("nan")
-            results[f"{key}_std"] = float(good.std()) if len(good) > 1 else float("nan")
+            assignments.append(layer_assignments(batch, dec["experts"].cpu(), dec["masks"].float().cpu(), regions))
+    out: Dict = {"results": {"num_scenes": n, "win_share": win_share(torch.cat(winners), model.num_experts)},
+                 "per_image": {}, "class_names": list(CLASS_NAMES)}
+    for m, values in segmentation.items():
+        summarise(out, m, torch.cat(values))
+    objects = {k: torch.cat([a[k] for a in assignments]) for k in assignments[0]} if assignments else {}
     if "specialisation" in metrics:
-        c = torch.cat(classes).reshape(-1)
-        e = torch.cat(experts).reshape(-1)
-        bg = torch.cat(bg_experts)
-        # the background is class ``num_classes``
-        c_all = torch.cat([c, torch.full_like(bg, num_classes)])
-        e_all = torch.cat([e, bg])
-        ne = num_experts or int(e_all.max()) + 1
-        spec = econ_metrics.expert_specialisation(c_all, e_all, num_classes=num_classes + 1, num_experts=ne)
-        obj = econ_metrics.expert_specialisation(c, e, num_classes=num_classes, num_experts=ne)
-        results["specialisation"] = obj["mean"]
-        results["specialisation_with_background"] = spec["mean"]
-        results["specialisation_per_class"] = {nm: float(v) for nm, v in
-                                               zip(names + ["background"], spec["per_class"].tolist())}
-        results["best_expert_per_class"] = {nm: int(v) for nm, v in zip(names + ["background"], spec["best_expert"].tolist())}
-        results["experts_distinct"] = spec["distinct"]
-        results["specialisation_matrix"] = spec["matrix"].tolist()
-        out["matrix"] = spec["matrix"]
+        specialisation(out, objects, model.num_experts)
     if "shape-iou" in metrics:
-        r = econ_metrics.shape_completion_iou(torch.cat([p.flatten(0, 1) for p in ious_pred]),
-                                              torch.cat([t.flatten(0, 1) for t in ious_true]),
-                                              torch.cat([o.flatten() for o in occluded]))
-        results["shape-iou"] = r["mean"]
-        results["shape-iou_count"] = r["count"]
-        out["per_image"]["shape-iou"] = r["per_object"][~torch.isnan(r["per_object"])]
+        shape_iou(out, objects)
     return out
 
 
-def _stack(items):
-    return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+def win_share(winners: torch.Tensor, num_experts: int) -> List[List[float]]:
+    """``[t - 1][k]``: the share of scenes whose layer t (1 = back) expert k explains; ``winners`` (n, T)."""
+    return [torch.bincount(winners[:, t], minlength=num_experts).div(len(winners)).tolist() for t in range(winners.shape[1])]
+
+
+def layer_assignments(batch: Dict, experts: torch.Tensor, masks: torch.Tensor, regions: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Each true object's inferred layer (by visible-mask overlap) read out: its class and the
+    expert that won the layer (-1 for objects without a layer), the layer's full shape, the
+    true full shape and whether the object is occluded; and the background layer's expert.
+    ``experts`` (B, T), ``masks`` (B, T, 1, H, W) and ``regions`` come from the decomposition."""
+    layer = econ_metrics.assign_objects_to_layers(batch["visible_masks"], regions, batch["valid"])
+    found, index = layer >= 0, layer.clamp_min(0)
+    missing = torch.full_like(layer, -1)
+    background = econ_metrics.assign_background_layer(batch["segmentation"], regions).clamp_min(0)
+    shapes = masks[:, :, 0]
+    visible, full = batch["visible_masks"].flatten(2).sum(-1), batch["masks"].flatten(2).sum(-1)
+    return dict(
+        classes=torch.where(found, batch["labels"], missing),
+        experts=torch.where(found, torch.gather(experts, 1, index), missing),
+        background=torch.gather(experts, 1, background[:, None])[:, 0],
+        pred_masks=torch.gather(shapes, 1, index[:, :, None, None].expand(-1, -1, *shapes.shape[-2:])),
+        true_masks=batch["masks"],
+        occluded=found & batch["valid"] & (visible < full),
+    )
+
+
+def summarise(out: Dict, metric: str, values: torch.Tensor) -> None:
+    """Per-image ``values`` of ``metric`` into ``out``: their mean and std (NaNs left out)."""
+    out["per_image"][metric] = values
+    good = values[~torch.isnan(values)]
+    out["results"][metric] = float(good.mean()) if len(good) else float("nan")
+    out["results"][f"{metric}_std"] = float(good.std()) if len(good) > 1 else float("nan")
+
+
+def specialisation(out: Dict, objects: Dict[str, torch.Tensor], num_experts: int) -> None:
+    """Expert specialisation of the objects alone and with the background as one more class."""
+    names = list(CLASS_NAMES) + ["background"]
+    classes, experts, background = objects["classes"].reshape(-1), objects["experts"].reshape(-1), objects["background"]
+    spec = econ_metrics.expert_specialisation(torch.cat([classes, torch.full_like(background, len(CLASS_NAMES))]),
+                                              torch.cat([experts, background]), num_classes=len(names), num_experts=num_experts)
+    obj = econ_metrics.expert_specialisation(classes, experts, num_classes=len(CLASS_NAMES), num_experts=num_experts)
+    out["results"].update(
+        specialisation=obj["mean"],
+        specialisation_with_background=spec["mean"],
+        specialisation_per_class={nm: float(v) for nm, v in zip(names, spec["per_class"].tolist())},
+        best_expert_per_class={nm: int(v) for nm, v in zip(names, spec["best_expert"].tolist())},
+        experts_distinct=spec["distinct"],
+        specialisation_matrix=spec["matrix"].tolist(),
+    )
+    out["matrix"] = spec["matrix"]
+
+
+def shape_iou(out: Dict, objects: Dict[str, torch.Tensor]) -> None:
+    """Shape-completion IoU of the occluded objects' full shapes."""
+    r = econ_metrics.shape_completion_iou(objects["pred_masks"].flatten(0, 1), objects["true_masks"].flatten(0, 1),
+                                          objects["occluded"].flatten())
+    out["results"]["shape-iou"] = r["mean"]
+    out["results"]["shape-iou_count"] = r["count"]
+    out["per_image"]["shape-iou"] = r["per_object"][~torch.isnan(r["per_object"])]
 
 
 def econ_plots(out: Dict, prefix: Path) -> List[Path]:
-    from . import plots
-
+    """Bar chart of the summary numbers, per-image histograms and the specialisation heatmap."""
     paths = []
     res = out["results"]
     scalars = {k: res[k] for k in ("ari", "fg-ari", "msc", "specialisation", "shape-iou") if k in res}
     if scalars:
-        paths.append(plots.bar_chart(scalars, prefix.with_name(prefix.name + "_summary.png"), "ECON metrics"))
+        paths.append(plots.bar_chart(scalars, plots.named(prefix, "summary"), "ECON metrics"))
     if out["per_image"]:
-        paths.append(plots.histograms(out["per_image"], prefix.with_name(prefix.name + "_hist.png"),
-                                      "per-image / per-object distributions"))
+        paths.append(plots.histograms(out["per_image"], plots.named(prefix, "hist"), "per-image / per-object distributions"))
     if "matrix" in out:
         m = out["matrix"]
         paths.append(plots.heatmap(m, out["class_names"] + ["background"], [str(j) for j in range(m.shape[1])],
-                                   prefix.with_name(prefix.name + "_specialisation.png"),
+                                   plots.named(prefix, "specialisation"),
                                    "objects won per expert (row-normalised colour, counts)"))
     return paths

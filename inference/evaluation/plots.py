@@ -7,6 +7,11 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 
+def named(prefix: Path, suffix: str) -> Path:
+    """``<prefix>_<suffix>.png``."""
+    return prefix.with_name(f"{prefix.name}_{suffix}.png")
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg")
@@ -111,3 +116,12 @@ def image_grid(images: torch.Tensor, path: Path, nrow: int = 8, captions: Option
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def log_likelihood_histogram(evaluation: Dict, prefix: Path) -> List[Path]:
+    """``<prefix>_ll.png``, the per-image ``log p(x)`` of an evaluation with ``ll``; else nothing."""
+    if "ll" not in evaluation:
+        return []
+    k = evaluation["results"].get("ll_particles")
+    return [histograms({"log p(x) (nats)": evaluation["ll"]}, named(prefix, "ll"),
+                       f"importance-weighted LL per image (K = {k})")]

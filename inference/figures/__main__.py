@@ -4,7 +4,6 @@ Uses the model's recipe (the same figures a training run writes) on held-out ima
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import click
@@ -20,25 +19,22 @@ import torch
 @click.option("--device", default="cpu", show_default=True)
 def main(path: Path, out_dir, split: str, num_images: int, device: str):
     """Write the figures of the run or checkpoint PATH."""
-    from inference.training.checkpoint import CheckpointError, find_checkpoint, restore
+    from inference.evaluation import EvaluationError, open_run
+    from inference.evaluation.data import scenes
+    from inference.training.checkpoint import CheckpointError, run_dir
 
     try:
-        ckpt = find_checkpoint(path)
-        recipe, config, model, guide, step = restore(ckpt, device=device)
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+        ckpt, recipe, config, model, guide, step = open_run(path, device)
+    except (CheckpointError, EvaluationError) as err:
         raise click.ClickException(str(err))
-    model.eval()
-    guide.eval()
     dataset = recipe.make_dataset(config, split)
-    batch = torch.utils.data.default_collate([dataset[i] for i in range(min(num_images, len(dataset)))])
+    batch = scenes(dataset, 0, min(num_images, len(dataset)))
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "ckpt" else ckpt.parent
-    out_dir = out_dir or run_dir / "figures"
     with torch.no_grad():
-        paths = recipe.figures(model, guide, batch, Path(out_dir), step)
+        paths = recipe.figures(model, guide, batch, Path(out_dir or run_dir(ckpt) / "figures"), step)
     for p in paths:
         click.echo(str(p))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="python -m inference.figures")

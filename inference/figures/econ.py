@@ -5,28 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-import matplotlib
+import pyro
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pyro  # noqa: E402
-import torch  # noqa: E402
-
-from inference.decompose import decompose  # noqa: E402
-
-
-def _img(t: torch.Tensor):
-    t = t.detach().cpu().clamp(0, 1)
-    return t[0].numpy() if t.shape[0] == 1 else t.permute(1, 2, 0).numpy()
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+from inference.decompose import decompose
+from inference.figures.common import image, plt, save
 
 
 def background_expert(experts: torch.Tensor) -> int:
@@ -50,11 +33,11 @@ def plot_decomposition(model, guide, images: torch.Tensor, path: Path, num_image
             for j, (ax, p) in enumerate(zip(row, panels)):
                 ax.axis("off")
                 if p is not None:
-                    ax.imshow(_img(p), cmap="gray", vmin=0, vmax=1)
+                    ax.imshow(image(p), cmap="gray", vmin=0, vmax=1)
                 if b * T + i == 0:
                     ax.set_title(cols[j], fontsize=8)
             row[1].text(-0.1, 0.5, f"t'={i + 1}\nk={int(out['experts'][b, t])}", transform=row[1].transAxes, ha="right", va="center", fontsize=7)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 @torch.no_grad()
@@ -70,10 +53,10 @@ def plot_expert_samples(model, path: Path, num_samples: int = 8, seed: int = 0) 
     fig, axes = plt.subplots(K, num_samples, figsize=(1.2 * num_samples, 1.2 * K), squeeze=False)
     for e in range(K):
         for s in range(num_samples):
-            axes[e, s].imshow(_img(shown[e, s]))
+            axes[e, s].imshow(image(shown[e, s]))
             axes[e, s].axis("off")
         axes[e, 0].set_title(f"expert {e}", fontsize=7, loc="left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 @torch.no_grad()
@@ -95,10 +78,10 @@ def plot_layered_generation(model, path: Path, background: int, objects: Optiona
                                     data={f"k_{t}": ks[f"k_{t}"] for t in range(1, j + 1)})
             images = scene(batch_size=num_scenes, num_layers=j)
             for s in range(num_scenes):
-                axes[j - 1, s].imshow(_img(images[s]))
+                axes[j - 1, s].imshow(image(images[s]))
                 axes[j - 1, s].axis("off")
             axes[j - 1, 0].set_title(f"{j} layer{'s' if j > 1 else ''}", fontsize=7, loc="left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def econ_figures(model, guide, images: torch.Tensor, out_dir: Path) -> List[Path]:

@@ -36,13 +36,14 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from datasets.cache import CACHE_ENV, default_cache_dir
+
 from . import rules
 from ._detector import CropNet, Detections, decode, train_cropnet
 
 log = logging.getLogger(__name__)
 
 CHECKER_VERSION = 1
-CACHE_ENV = "PYRO_SCENES_CACHE"
 FAMILIES = {"mnist4": "mnist", "mnist10": "mnist", "mnist4-10": "mnist", "arrow": "arrow"}
 #: the resolution the detector works at: images of any size are resized to it (digits are then
 #: about 20 px tall, the arrow scenes' objects 20-36 px)
@@ -60,10 +61,7 @@ def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def cache_dir(path=None) -> Path:
     """The cache folder: ``path``, else ``$PYRO_SCENES_CACHE``, else ``~/.cache/pyro_scenes``."""
-    if path is not None:
-        return Path(path).expanduser()
-    env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pyro_scenes"
+    return Path(path).expanduser() if path is not None else default_cache_dir()
 
 
 @dataclass

@@ -1,16 +1,36 @@
-"""The contract between the model-agnostic trainer (``inference.svi``) and one model.
+"""The contract between one model and the model-agnostic tools.
 
 A recipe says how to build a model and its guide from a config dict, which data it trains on,
-how to compute the training loss at a step (with the handlers that model needs) and which
-figures to draw. The trainer owns everything else: the run directory, the progress bar, logs,
-checkpoints, ``--resume``, devices and error handling.
+how to compute the training loss at a step (with the handlers that model needs), how it is
+evaluated (its metrics, ``log p(x)``) and which figures to draw. The tools own everything else:
+the trainer (``inference.svi``) the run directory, logs, checkpoints and ``--resume``; the
+evaluation (``inference.evaluate``) restoring, choosing metrics and writing the report; the
+figure and log-likelihood CLIs (``inference.figures``, ``inference.likelihood``) their output.
+A new model subclasses :class:`Recipe` and is listed in ``inference.recipes.RECIPES``; no tool
+names a model.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
+
+
+@dataclass
+class EvalOptions:
+    """How :meth:`Recipe.evaluate` runs; each model reads the fields that apply to it."""
+
+    #: held-out scenes to evaluate (and generations to draw)
+    num_samples: int = 1000
+    batch_size: int = 32
+    device: Union[str, torch.device] = "cpu"
+    #: importance samples per image for ``ll`` (None: :meth:`Recipe.log_likelihood`'s default)
+    particles: Optional[int] = None
+    progress: bool = True
+    #: per-metric settings, e.g. ``{"d-steps": {"max_steps": 4}, "s-acc": {"cache": path}}``
+    metric_options: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
 
 class Recipe:
@@ -20,7 +40,10 @@ class Recipe:
     name: str = ""
     #: allowed ``--dataset`` values; the first is the default
     datasets: Tuple[str, ...] = ()
+    #: the ``--metrics`` names :meth:`evaluate` computes; all of them by default
+    metrics: Tuple[str, ...] = ("ll",)
 
+    # ------------------------------------------------------------------ training
     def default_config(self, dataset: str) -> Dict:
         """All hyper-parameters for ``dataset`` as a JSON-serialisable dict (keys are the ``--set`` names)."""
         raise NotImplementedError
@@ -64,6 +87,40 @@ class Recipe:
         Values are floats, or lists of floats (one curve each).
         """
         return {}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model, guide, dataset, config: Dict, metrics: Sequence[str], options: EvalOptions) -> Dict:
+        """Compute ``metrics`` (a subset of :attr:`metrics`) on the first ``options.num_samples``
+        items of ``dataset``, model and guide in eval mode.
+
+        Returns ``{"results": {...}, ...}``: ``results`` holds the report's numbers, the other
+        keys what :meth:`evaluation_plots` draws. The default computes ``ll`` with
+        :meth:`log_likelihood`.
+        """
+        from inference.evaluation.likelihood import evaluate_log_likelihood
+
+        n = min(int(options.num_samples), len(dataset))
+        out: Dict = {"results": {"num_scenes": n}}
+        if "ll" in metrics:
+            k = options.particles or int(config.get("ll_particles", 100))
+            results, out["ll"] = evaluate_log_likelihood(lambda x: self.log_likelihood(model, guide, x, config, k), dataset, n,
+                                                         options.batch_size, options.device, options.progress)
+            out["results"].update(results, ll_particles=k)
+        return out
+
+    def evaluation_plots(self, evaluation: Dict, prefix: Path) -> List[Path]:
+        """Draw :meth:`evaluate`'s output into files ``<prefix>_*.png``; return their paths."""
+        from inference.evaluation.plots import log_likelihood_histogram
+
+        return log_likelihood_histogram(evaluation, prefix)
+
+    def log_likelihood(self, model, guide, images: torch.Tensor, config: Dict, num_particles: int = 100,
+                       batch_particles: int = 10) -> torch.Tensor:
+        """``log p(x)`` per image in nats, shape ``(B,)``: importance sampling with the guide as
+        proposal (:func:`inference.likelihood.importance_log_likelihood`)."""
+        from inference.likelihood import importance_log_likelihood
+
+        return importance_log_likelihood(model, guide, images, num_particles=num_particles, batch_particles=batch_particles)
 
     def figures(self, model, guide, batch: Dict[str, torch.Tensor], out_dir: Path, step: int) -> List[Path]:
         """Write figures for a batch of held-out items into ``out_dir``; return their paths."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Dict, List
 
@@ -26,10 +25,6 @@ PAPER_SETTINGS = {
 CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=8, attention_blocks=3)
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("PYRO_SCENES_CACHE", str(Path.home() / ".cache" / "pyro_scenes"))
-
-
 #: values that runs saved before a setting existed were trained with (their ``config.json`` lacks it)
 LEGACY_DEFAULTS = dict(num_objects=3, competition_per_pixel=False, temperature=1.0, temperature_final=1.0, temperature_steps=0)
 
@@ -42,11 +37,14 @@ def with_legacy_defaults(config: Dict) -> Dict:
 class ECONRecipe(Recipe):
     name = "econ"
     datasets = ("sprites-unique", "sprites-random")
+    metrics = ("ari", "fg-ari", "msc", "specialisation", "shape-iou")
 
     def default_config(self, dataset: str) -> Dict:
+        from datasets.cache import default_cache_dir
+
         s = PAPER_SETTINGS[dataset]
         return dict(
-            dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=default_cache_dir(),
+            dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=str(default_cache_dir()),
             num_objects=3,  # objects per scene; more than 3 repeats classes (evaluate with num_layers >= num_objects + 1)
             steps=3000, batch_size=32, lr=5e-4, seed=0,
             val_every=100, val_items=100,  # appendix C.3: validation loss every 100 iterations (100 scenes)
@@ -170,6 +168,17 @@ class ECONRecipe(Recipe):
         finally:
             for p, g in zip(params, saved):
                 p.grad = g
+
+    def evaluate(self, model, guide, dataset, config, metrics, options) -> Dict:
+        """The ECON metrics (:func:`~inference.evaluation.econ.evaluate_econ`)."""
+        from inference.evaluation.econ import evaluate_econ
+
+        return evaluate_econ(model, guide, dataset, metrics, options.num_samples, options.batch_size, options.device, options.progress)
+
+    def evaluation_plots(self, evaluation, prefix: Path) -> List[Path]:
+        from inference.evaluation.econ import econ_plots
+
+        return econ_plots(evaluation, prefix)
 
     def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
         from inference.figures.econ import econ_figures

@@ -22,7 +22,6 @@ digits are learned with beta_g = 0, then beta_g ramps, then the z^g prior catche
 """
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -49,18 +48,17 @@ SCHEDULES = {
 COLLAPSE_NATS = 0.1
 
 
-def default_cache_dir() -> str:
-    return os.environ.get("PYRO_SCENES_CACHE", str(Path.home() / ".cache" / "pyro_scenes"))
-
-
 class GNMRecipe(Recipe):
     """``python -m inference.svi --model gnm --dataset mnist4`` (see docs/gnm.md)."""
 
     name = "gnm"
     datasets = ("mnist4", "mnist10", "mnist4-10", "arrow")
+    metrics = ("box-ap", "count-accuracy", "ll", "s-acc", "d-steps", "representation")
 
     # ------------------------------------------------------------------ config
     def default_config(self, dataset: str) -> Dict:
+        from datasets.cache import default_cache_dir
+
         arrow = dataset == "arrow"
         authors = SCHEDULES["authors"]
         return dict(
@@ -71,7 +69,7 @@ class GNMRecipe(Recipe):
             draw_steps=4,  # 8: GNM-8 (supplement Table 1)
             z_what_dim=32 if arrow else 20,
             # data
-            num_train=60_000, num_val=6_000, cache_dir=default_cache_dir(),
+            num_train=60_000, num_val=6_000, cache_dir=str(default_cache_dir()),
             # optimisation (SPEC.md)
             batch_size=32, lr=1e-4, grad_clip=1.0,
             # schedule preset (SCHEDULES): "authors" or "budget"; it sets the keys below that are
@@ -204,7 +202,7 @@ class GNMRecipe(Recipe):
         """Every annealed quantity as a schedule ``step -> value`` (SPEC.md "Schedules"), after the
         ``schedule`` preset (:meth:`schedule_config`). beta_g is 0 until ``beta_g_begin`` (0: the
         authors'), then linear to ``beta_g_end`` at ``beta_g_begin + beta_g_steps``."""
-        from inference.schedules import Constant, Linear
+        from inference.schedules import Linear
 
         config = self.schedule_config(config)
         begin = config["beta_g_begin"]
@@ -214,7 +212,6 @@ class GNMRecipe(Recipe):
             "rho": Linear(config["rho_start"], config["rho_end"], 0, config["rho_steps"]),
             "beta_where": Linear(config["aux_where_beta_start"], 1.0, 0, config["aux_where_beta_steps"]),
             "beta_bg": Linear(config["aux_bg_beta_start"], 1.0, 0, config["aux_bg_beta_steps"]),
-            "one": Constant(1.0),
         }
 
     def aux_terms(self, config: Dict, model) -> Dict:
@@ -290,7 +287,7 @@ class GNMRecipe(Recipe):
                           f"later (beta_g_begin) or make it longer (beta_g_steps); see docs/gnm.md", RuntimeWarning,
                           stacklevel=2)
 
-    # ------------------------------------------------------------------ validation
+    # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def validation_metrics(self, model, guide, dataset, step, config) -> Dict:
         """Learning curves on the first ``val_items`` validation scenes (docs/metrics.md protocols):
@@ -300,49 +297,53 @@ class GNMRecipe(Recipe):
         the rule (:data:`~inference.metrics.rules.LAYOUT_RULES`, positions only, no S-Acc checker)."""
         from pyro import poutine
 
-        from inference.evaluation.gnm import _real_images, evaluate_gnm
+        from inference.evaluation import gnm as evaluation
+        from inference.evaluation.data import scenes
         from inference.metrics.rules import LAYOUT_RULES
 
         n, bs = min(config["val_items"], len(dataset)), config["batch_size"]
         device = next(model.parameters()).device
-        res = evaluate_gnm(self, config, model, guide, dataset, metrics=("box-ap", "count-accuracy", "representation"),
-                           num_samples=n, batch_size=bs, device=device, progress=False)["results"]
-        out = {"box-ap@0.5": res["box-ap@0.5"], "count-accuracy": res["count-accuracy"], "representation": res["representation"]}
-        images = _real_images(dataset, min(n, bs))["image"].to(device)
+        found = evaluation.infer_scenes(guide, dataset, n, bs, device)
+        res = evaluation.detection_results(found, ("box-ap", "count-accuracy", "representation"))
+        out = {k: res[k] for k in ("box-ap@0.5", "count-accuracy", "representation")}
+        images = scenes(dataset, 0, min(n, bs))["image"].to(device)
         gtr = poutine.trace(guide).get_trace(images)
         mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(images)
         out["kl_g_per_step"] = kl_g_per_step(mtr, gtr)
         rule = LAYOUT_RULES.get(config["dataset"])
         if rule is not None:
-            size = model.cfg.image_size
-            inferred = []
-            for s in range(0, n, bs):
-                info = guide.infer(_real_images(dataset, min(bs, n - s), s)["image"].to(device))
-                inferred += layout_verdicts(info["pres"] > 0.5, info["boxes"], rule, size)
-            out["layout-inferred"] = sum(inferred) / len(inferred)
-            num = config.get("val_generations", 100)
-            if num > 0:
-                generated = []
-                for s in range(0, num, bs):
-                    tr = poutine.trace(model).get_trace(batch_size=min(bs, num - s), mode=True)
-                    pres = tr.nodes["z_pres"]["value"] > 0.5
-                    generated += layout_verdicts(pres, model.boxes(tr.nodes["z_where"]["value"]), rule, size)
-                out["layout-generated"] = sum(generated) / len(generated)
+            out.update(evaluation.layout_rates(model, found, rule, config.get("val_generations", 100), bs))
         return out
 
-    # ------------------------------------------------------------------ evaluation
-    def log_likelihood(self, model, guide, images, config, num_particles=None, batch_particles=10, relaxed=False):
+    def evaluate(self, model, guide, dataset, config, metrics, options) -> Dict:
+        """The GNM metrics (:func:`~inference.evaluation.gnm.evaluate_gnm`) and ``ll``."""
+        from inference.evaluation.gnm import evaluate_gnm
+
+        out = super().evaluate(model, guide, dataset, config, metrics, options)
+        gnm = evaluate_gnm(model, guide, dataset, config["dataset"], metrics, options.num_samples, options.batch_size,
+                           options.device, options.progress, options.metric_options)
+        out["results"].update(gnm.pop("results"))
+        return {**out, **gnm}
+
+    def evaluation_plots(self, evaluation, prefix: Path) -> List[Path]:
+        from inference.evaluation.gnm import gnm_plots
+
+        return gnm_plots(evaluation, prefix) + super().evaluation_plots(evaluation, prefix)
+
+    def log_likelihood(self, model, guide, images, config, num_particles=100, batch_particles=10, relaxed=False):
         """Importance-weighted log p(x) per image (nats). z_pres is drawn HARD (Bernoulli) and scored
         by its Bernoulli mass, a proper estimator for GNM's discrete z_pres; ``relaxed=True`` draws it
         at the final Concrete temperature instead, scoring it with the same formula (the authors' way)."""
         from inference.handlers.temperature import RelaxationTemperature
         from inference.likelihood import importance_log_likelihood
 
-        K = config.get("ll_particles", 100) if num_particles is None else num_particles
         with RelaxationTemperature(config["tau_end"] if relaxed else 0.0):
-            return importance_log_likelihood(model, guide, images, num_particles=K, batch_particles=batch_particles, max_plate_nesting=2)
+            return importance_log_likelihood(model, guide, images, num_particles=num_particles, batch_particles=batch_particles,
+                                             max_plate_nesting=2)
 
     def figures(self, model, guide, batch, out_dir: Path, step: int) -> List[Path]:
+        from inference.figures.gnm import gnm_figures
+
         images = batch["image"] if isinstance(batch, dict) else batch
         return gnm_figures(model, guide, images[:8], Path(out_dir), prefix="gnm_")
 
@@ -363,113 +364,3 @@ def kl_g_per_step(model_trace, guide_trace) -> List[float]:
         l += 1
     return out
 
-
-def layout_verdicts(pres: torch.Tensor, boxes: torch.Tensor, rule, image_size: int) -> List[bool]:
-    """Per image, whether the centres of the present boxes (``pres`` (B, K) bool, ``boxes``
-    (B, K, 4) pixels) obey ``rule`` (a layout check of :mod:`inference.metrics.rules`)."""
-    pres, boxes = pres.bool().cpu(), boxes.float().cpu()
-    centres = torch.stack([(boxes[..., 0] + boxes[..., 2]) / 2, (boxes[..., 1] + boxes[..., 3]) / 2], -1)
-    return [bool(rule(centres[i][pres[i]], image_size)[0]) for i in range(len(pres))]
-
-
-# ---------------------------------------------------------------------- figures
-@torch.no_grad()
-def reconstruct(model, guide, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Deterministic reconstruction: guide at its mode (q means, z_pres = q prob > 0.5), model replayed."""
-    from pyro import poutine
-
-    from inference.handlers.temperature import RelaxationTemperature
-
-    with RelaxationTemperature(0.0):
-        tr = poutine.trace(guide).get_trace(images, mode=True)
-        recon = poutine.replay(model, trace=tr)(images)
-    info = guide.infer(images)
-    info["recon"] = recon
-    return info
-
-
-@torch.no_grad()
-def resample_zs(model, z_g: Dict[str, torch.Tensor], num: int) -> torch.Tensor:
-    """Images with z^g fixed and z^s (and z_bg) resampled ``num`` times: ``(num, B, C, H, W)``."""
-    import pyro
-
-    from inference.handlers.temperature import RelaxationTemperature
-
-    B = next(iter(z_g.values())).shape[0]
-    with RelaxationTemperature(0.0):
-        return torch.stack([pyro.condition(model, data=z_g)(batch_size=B, mode=False) for _ in range(num)])
-
-
-def _to_rgb(x: torch.Tensor):
-    x = x.detach().clamp(0, 1).cpu()
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    return x.permute(1, 2, 0).numpy()
-
-
-def gnm_figures(model, guide, images: torch.Tensor, out_dir: Path, prefix: str = "gnm_", num_resample: int = 6) -> List[Path]:
-    """Three figures: reconstructions with inferred boxes, generations, z^s resampling (supp. Fig. 5/6)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-    from pyro import poutine
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    was = model.training, guide.training
-    model.eval(), guide.eval()
-    paths = []
-    try:
-        n = images.shape[0]
-        info = reconstruct(model, guide, images)
-        fig, axes = plt.subplots(2, n, figsize=(1.6 * n, 3.4), squeeze=False)
-        for i in range(n):
-            axes[0, i].imshow(_to_rgb(images[i]))
-            axes[1, i].imshow(_to_rgb(info["recon"][i]))
-            for k in range(info["boxes"].shape[1]):
-                if info["pres"][i, k] > 0:
-                    x0, y0, x1, y1 = info["boxes"][i, k].tolist()
-                    for ax in axes[:, i]:
-                        ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, lw=1, ec="lime"))
-            for ax in axes[:, i]:
-                ax.set_xticks([]), ax.set_yticks([])
-        axes[0, 0].set_ylabel("input + boxes")
-        axes[1, 0].set_ylabel("reconstruction")
-        fig.tight_layout()
-        paths.append(out_dir / f"{prefix}reconstructions.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-
-        gen = model.sample(16)
-        fig, axes = plt.subplots(2, 8, figsize=(12.8, 3.9), squeeze=False)
-        for i, ax in enumerate(axes.flat):
-            ax.imshow(_to_rgb(gen[i])), ax.set_xticks([]), ax.set_yticks([])
-        fig.suptitle("generations (z^g ~ prior, mode z^s)")
-        fig.tight_layout(rect=(0, 0, 1, 0.93))
-        paths.append(out_dir / f"{prefix}generations.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-
-        rows = min(3, n)
-        L = model.cfg.draw_steps
-        post = {f"z_g_{l + 1}": info["z_g"][:rows, l].unsqueeze(-2) for l in range(L)}
-        prior_trace = poutine.trace(model).get_trace(batch_size=rows)
-        prior = {f"z_g_{l + 1}": prior_trace.nodes[f"z_g_{l + 1}"]["value"] for l in range(L)}
-        grids = [("z^g inferred", resample_zs(model, post, num_resample)), ("z^g from the prior", resample_zs(model, prior, num_resample))]
-        fig, axes = plt.subplots(2 * rows, num_resample, figsize=(1.6 * num_resample, 1.7 * 2 * rows), squeeze=False)
-        for g, (title, imgs) in enumerate(grids):
-            for r in range(rows):
-                for c in range(num_resample):
-                    ax = axes[g * rows + r, c]
-                    ax.imshow(_to_rgb(imgs[c, r])), ax.set_xticks([]), ax.set_yticks([])
-                axes[g * rows + r, 0].set_ylabel(title if r == 0 else "", fontsize=7)
-        fig.suptitle("z^s resampled with z^g fixed (each row one z^g)")
-        fig.tight_layout()
-        paths.append(out_dir / f"{prefix}zs_resampling.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
-    finally:
-        model.train(was[0]), guide.train(was[1])
-    return paths

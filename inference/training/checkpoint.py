@@ -62,6 +62,12 @@ def find_checkpoint(path) -> Path:
     raise CheckpointError(f"{path}: no checkpoint found (expected {path / CKPT_DIR}/step_XXXXXXXX.pt)")
 
 
+def run_dir(checkpoint) -> Path:
+    """The run directory a checkpoint file belongs to (the parent of its ``ckpt/``, else its folder)."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CKPT_DIR else checkpoint.parent
+
+
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     """Load and check a checkpoint file; any problem raises :class:`CheckpointError` naming the file."""
     path = Path(path)

@@ -6,9 +6,8 @@
 latents). Particles are vectorised: model and guide run under an extra ``pyro.plate`` left of all
 their plates, ``batch_particles`` particles at a time, and the chunks are combined exactly with
 ``logsumexp``. Works for any model/guide pair whose sites all sit in one data plate (the image
-batch), so that the weights factorise per image.
-
-    python -m inference.likelihood runs/gnm-mnist4 --particles 100 --num-images 512
+batch), so that the weights factorise per image. The command line is ``python -m
+inference.likelihood`` (:mod:`inference.likelihood.__main__`).
 """
 from __future__ import annotations
 
@@ -89,42 +88,3 @@ def importance_log_likelihood(model, guide, x: torch.Tensor, *args, num_particle
     log_w = torch.cat(chunks, 0)
     return torch.logsumexp(log_w, 0) - math.log(num_particles)
 
-
-def main(argv=None) -> None:
-    """CLI: the log-likelihood of a trained run on held-out images."""
-    import argparse
-
-    from torch.utils.data import DataLoader
-
-    from inference.training import restore
-
-    p = argparse.ArgumentParser(prog="python -m inference.likelihood", description=__doc__.split("\n\n")[0])
-    p.add_argument("run", help="run directory or checkpoint file")
-    p.add_argument("--particles", type=int, default=100)
-    p.add_argument("--batch-particles", type=int, default=10)
-    p.add_argument("--num-images", type=int, default=256)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    recipe, config, model, guide, step = restore(a.run, device=a.device)
-    model.eval(), guide.eval()
-    data = recipe.make_dataset(config, a.split)
-    n = min(a.num_images, len(data))
-    loader = DataLoader(torch.utils.data.Subset(data, range(n)), batch_size=a.batch_size)
-    fn = getattr(recipe, "log_likelihood", None)
-    values = []
-    for batch in loader:
-        images = (batch["image"] if isinstance(batch, dict) else batch).to(a.device)
-        if fn is not None:
-            values.append(fn(model, guide, images, config, num_particles=a.particles, batch_particles=a.batch_particles))
-        else:
-            values.append(importance_log_likelihood(model, guide, images, num_particles=a.particles, batch_particles=a.batch_particles))
-    ll = torch.cat(values)
-    sem = ll.std() / math.sqrt(len(ll)) if len(ll) > 1 else float("nan")
-    print(f"{config['model']} {config['dataset']} step {step}: log p(x) = {ll.mean():.2f} +- {float(sem):.2f} nats/image "
-          f"({len(ll)} {a.split} images, K = {a.particles})")
-
-
-if __name__ == "__main__":
-    main()

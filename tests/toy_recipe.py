@@ -1,4 +1,4 @@
-"""A tiny stochastic recipe for the trainer's tests (imported by test_training.py and test_svi_cli.py).
+"""A tiny stochastic recipe for the tools' tests (imported by test_training.py, test_svi_cli.py and test_evaluate.py).
 
 Model: z ~ N(0, I) (2-d), x ~ N(W z + b, sigma) on 4x4 images; guide: amortised Normal q(z | x)
 that shares the decoder module with the model (so parameter de-duplication matters). Trained with
@@ -143,7 +143,7 @@ def toy(monkeypatch):
         return ToyRecipe() if name == "toy" else original(name)
 
     monkeypatch.setattr(recipes, "get_recipe", get_recipe)
-    monkeypatch.setitem(recipes.RECIPES, "toy", "test_training_toy:ToyRecipe")
+    monkeypatch.setitem(recipes.RECIPES, "toy", "toy_recipe:ToyRecipe")
     monkeypatch.setattr(ToyRecipe, "interrupt_at", None)
     monkeypatch.setattr(ToyRecipe, "sigint_at", None)
     monkeypatch.setattr(ToyRecipe, "nan_at", None)
