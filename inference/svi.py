@@ -223,6 +223,8 @@ def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, amend
     try:
         try:
             trainer.prepare()
+        except ConfigError as e:  # data the settings cannot make (a cache_dir under a file, too few items)
+            raise click.UsageError(str(e)) from None
         except (TrainingError, ckpt_mod.CheckpointError) as e:
             raise click.ClickException(str(e)) from None
         try:

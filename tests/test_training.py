@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -93,13 +94,24 @@ def test_keyboard_interrupt_writes_checkpoint_and_resume_is_exact(toy, tmp_path)
     toy.interrupt_at = 6  # Ctrl-C arrives inside step 6, before its update
     result = train("--model", "toy", "--steps", 12, "--out", tmp_path / "two", expect=130)
     assert "interrupted at step 6" in result.output and "--resume" in result.output
-    assert [s for s, _ in list_checkpoints(tmp_path / "two" / "ckpt")] == [5, 6]
+    assert [s for s, _ in list_checkpoints(tmp_path / "two" / "ckpt")] == [0, 5, 6]
+    # the figures and the loss curve the run directory promises are there too
+    assert (tmp_path / "two" / "figures" / "recon_00000006.txt").exists() and (tmp_path / "two" / "loss.png").exists()
     toy.interrupt_at = None
     train("--resume", "--out", tmp_path / "two")
     assert_same_training_state(final(tmp_path / "one"), final(tmp_path / "two"))
 
 
-def test_sigint_finishes_the_step_then_checkpoints(toy, tmp_path):
+@pytest.fixture
+def sigint_default():
+    """Python's own SIGINT handler for the test, also when pytest was started with SIGINT ignored
+    (``&``, ``nohup``); the handler found is put back afterwards."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_sigint_finishes_the_step_then_checkpoints(toy, tmp_path, sigint_default):
     train("--model", "toy", "--steps", 12, "--out", tmp_path / "one")
     toy.sigint_at = 7
     result = train("--model", "toy", "--steps", 12, "--out", tmp_path / "two", expect=130)
@@ -108,8 +120,25 @@ def test_sigint_finishes_the_step_then_checkpoints(toy, tmp_path):
     toy.sigint_at = None
     train("--resume", "--out", tmp_path / "two")
     assert_same_training_state(final(tmp_path / "one"), final(tmp_path / "two"))
-    import signal
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_an_ignored_sigint_stays_ignored(toy, tmp_path, monkeypatch):
+    seen = []
+    original = toy.loss
+
+    def loss(self, *args):
+        seen.append(signal.getsignal(signal.SIGINT))
+        return original(self, *args)
+
+    monkeypatch.setattr(toy, "loss", loss)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as in a process started with nohup or &
+    try:
+        train("--model", "toy", "--steps", 3, "--out", tmp_path / "r")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen and all(h is signal.SIG_IGN for h in seen)
 
 
 def test_validation_and_figures_do_not_change_training(toy, tmp_path):
@@ -120,12 +149,66 @@ def test_validation_and_figures_do_not_change_training(toy, tmp_path):
     assert [r["step"] for r in read_jsonl(tmp_path / "busy" / "val.jsonl")] == list(range(1, 10))
 
 
+# ------------------------------------------------------------------------------------ divergence
+def assert_stopped_at_last_good_checkpoint(result, run: Path, what: str, steps) -> None:
+    """One-line error naming the cause, the newest checkpoint and the --resume --amend --lr command;
+    no checkpoint written after the failure."""
+    error = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and what in error[0] and "Traceback" not in result.output, result.output
+    latest = run / "ckpt" / f"step_{steps[-1]:08d}.pt"
+    assert f"last good checkpoint is {latest}" in error[0]
+    assert f"python -m inference.svi --resume --amend --lr 0.001 --out {run}" in error[0]
+    assert [s for s, _ in list_checkpoints(run / "ckpt")] == steps
+    assert all(torch.isfinite(v).all() for v in final(run)["model_state"].values())
+
+
 def test_nonfinite_loss_stops_with_error_and_keeps_last_good_state(toy, tmp_path):
     toy.nan_at = 4
     result = train("--model", "toy", "--out", tmp_path / "r", expect=1)
-    assert "loss is nan at step 4" in result.output
-    ck = final(tmp_path / "r")
-    assert ck["step"] == 4 and all(torch.isfinite(v).all() for v in ck["model_state"].values())
+    assert_stopped_at_last_good_checkpoint(result, tmp_path / "r", "the loss is nan at step 4", [0])
+    # the suggested command continues the run from step 0 with the lower lr, recorded in config.json
+    toy.nan_at = None
+    train("--resume", "--amend", "--lr", "0.001", "--out", tmp_path / "r")
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["amendments"] == [{"step": 0, "key": "lr", "from": 0.01, "to": 0.001}]
+    assert final(tmp_path / "r")["step"] == 12
+
+
+def test_nonfinite_parameter_after_an_update_stops_the_run(toy, tmp_path, monkeypatch):
+    class Overflowing(torch.optim.Adam):
+        def step(self, closure=None):
+            super().step(closure)
+            self.updates = getattr(self, "updates", 0) + 1
+            if self.updates == 3:
+                self.param_groups[0]["params"][-1].data.view(-1)[0] = float("inf")
+
+    monkeypatch.setattr(toy, "make_optimizer", lambda self, params, config: Overflowing(params, lr=config["lr"]))
+    result = train("--model", "toy", "--ckpt-every", 1, "--out", tmp_path / "r", expect=1)
+    assert_stopped_at_last_good_checkpoint(result, tmp_path / "r", "the update of step 2 made a parameter NaN or "
+                                                                   "infinite", [0, 1, 2])
+
+
+def test_invalid_distribution_argument_stops_the_run(toy, tmp_path, monkeypatch):
+    original = toy.loss
+
+    def loss(self, model, guide, images, step, config):
+        if step == 3:  # what a diverged network does: Pyro's validation refuses the distribution
+            model.log_sigma.data.fill_(float("nan"))
+        return original(self, model, guide, images, step, config)
+
+    monkeypatch.setattr(toy, "loss", loss)
+    result = train("--model", "toy", "--ckpt-every", 2, "--out", tmp_path / "r", expect=1)
+    assert_stopped_at_last_good_checkpoint(result, tmp_path / "r", "the scale of a Normal distribution became "
+                                                                   "invalid (NaN or infinite) at step 3", [0, 2])
+
+
+def test_other_value_errors_of_a_recipe_are_not_hidden(toy, tmp_path, monkeypatch):
+    def loss(self, *args):
+        raise ValueError("a bug in the recipe")
+
+    monkeypatch.setattr(toy, "loss", loss)
+    with pytest.raises(ValueError, match="a bug in the recipe"):
+        train("--model", "toy", "--out", tmp_path / "r", expect=1)
 
 
 def test_stray_pyro_param_is_an_error(toy, tmp_path, monkeypatch):
@@ -183,8 +266,40 @@ def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(toy, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(ckpt_dir, {"step": 5, "model": "toy"})
     assert good.read_bytes() == before
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_00000005.pt"]
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["step_00000000.pt", "step_00000005.pt"]
     load_checkpoint(good)  # still fine
+
+
+def test_temporary_files_of_a_killed_run_are_removed_on_start_and_resume(toy, tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    leftovers = [run / ".tmp-loss.png.k2j4", run / ".tmp-config.json.x81"]
+    mine = run / ".tmp-notes.txt"  # not a name the trainer writes: kept
+    for p in leftovers + [mine]:
+        p.write_bytes(b"x")
+    train("--model", "toy", "--steps", 5, "--out", run)
+    assert not any(p.exists() for p in leftovers) and mine.exists()
+    # a SIGKILL during checkpoint writes leaves big .tmp-step_* files; --resume removes them
+    leftovers = [run / "ckpt" / ".tmp-step_00000007.pt.a1b2", run / "ckpt" / ".tmp-step_00000009.pt.c3d4",
+                 run / ".tmp-log.jsonl.q9"]
+    for p in leftovers:
+        p.write_bytes(b"PK\x03\x04 half a checkpoint")
+    train("--resume", "--steps", 6, "--out", run)
+    assert not any(p.exists() for p in leftovers) and mine.exists()
+    assert [s for s, _ in list_checkpoints(run / "ckpt")] == [0, 5, 6]
+
+
+def test_run_files_share_one_mode(toy, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        train("--model", "toy", "--steps", 6, "--ckpt-every", 2, "--out", tmp_path / "r")
+        train("--resume", "--steps", 8, "--out", tmp_path / "r")  # rewrites config.json, truncates logs
+    finally:
+        os.umask(previous)
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for p in (tmp_path / "r").rglob("*") if p.is_file()}
+    assert {"r/config.json", "r/log.jsonl", "r/val.jsonl", "r/loss.png", "r/ckpt/step_00000008.pt"} <= set(modes)
+    assert set(modes.values()) == {"0o644"}, modes
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -213,12 +328,19 @@ def test_bad_checkpoint_files_raise_checkpoint_error_naming_the_file(toy, tmp_pa
     import pickle
 
     (tmp_path / "pickle.pt").write_bytes(pickle.dumps(ToyDataset(1, 4, 0), protocol=2))  # not loadable weights-only
-    for name, needle in [("truncated.pt", "cannot read"), ("empty.pt", "cannot read"), ("garbage.pt", "cannot read"),
+    torch.save({"dataset": ToyDataset(1, 4, 0)}, tmp_path / "objects.pt")
+    not_a_zip = "cannot read the checkpoint: not a zip archive as torch.save writes, so truncated, corrupt or not a"
+    for name, needle in [("truncated.pt", not_a_zip), ("empty.pt", "cannot read the checkpoint: the file is empty"),
+                         ("garbage.pt", not_a_zip), ("pickle.pt", not_a_zip),
+                         ("objects.pt", f"holds objects that a weights-only load refuses (Unsupported global: GLOBAL "
+                                        f"{ToyDataset.__module__}.ToyDataset was not an allowed global by default)"),
                          ("foreign.pt", "not a pyro-scenes checkpoint"), ("incomplete.pt", "lacks"),
-                         ("pickle.pt", "cannot read"), ("missing.pt", "does not exist")]:
+                         ("missing.pt", "does not exist")]:
         with pytest.raises(CheckpointError) as err:
             load_checkpoint(tmp_path / name)
-        assert str(tmp_path / name) in str(err.value) and needle in str(err.value), str(err.value)
+        message = str(err.value)
+        assert str(tmp_path / name) in message and needle in message, message
+        assert "issue" not in message and "\n" not in message, message  # not torch's text
 
 
 def test_find_checkpoint(toy, tmp_path):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -68,6 +69,18 @@ def run_dir(checkpoint) -> Path:
     return checkpoint.parent.parent if checkpoint.parent.name == CKPT_DIR else checkpoint.parent
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``torch.load`` failed on ``path``, in words (torch's own text asks to file an issue)."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive as torch.save writes, so truncated, corrupt or not a checkpoint"
+    refused = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
+    if refused:
+        return f"it holds objects that a weights-only load refuses ({refused.group(1).split('. ')[0]})"
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     """Load and check a checkpoint file; any problem raises :class:`CheckpointError` naming the file."""
     path = Path(path)
@@ -78,10 +91,7 @@ def load_checkpoint(path, map_location="cpu") -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # zip errors, EOF, unpickling errors, ...
-        lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
-        first = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0])
-        raise CheckpointError(f"{path}: cannot read the checkpoint (truncated, corrupt or not a "
-                              f"pyro-scenes checkpoint): {first}") from None
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {_unreadable(path, e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a pyro-scenes checkpoint (no {FORMAT!r} marker)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:

@@ -5,7 +5,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import Callable, IO, Iterable, List
 
 TMP_PREFIX = ".tmp-"
 
@@ -23,11 +23,19 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file (0o666 less the umask); ``mkstemp`` gives 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fileobj)`` on a temporary file next to ``path`` and move it into place.
 
     Readers see either the old file or the complete new one, never a partial file; on any error
     (including ``KeyboardInterrupt``) the temporary file is removed and ``path`` is untouched.
+    The file gets the same mode as one made by ``open``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,6 +45,7 @@ def atomic_write(path, write: Callable[[IO[bytes]], None]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -48,3 +57,16 @@ def atomic_write(path, write: Callable[[IO[bytes]], None]) -> Path:
 
 def atomic_write_text(path, text: str) -> Path:
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_temporaries(directory, names: Iterable[str]) -> List[Path]:
+    """Delete the temporary files :func:`atomic_write` left in ``directory`` when killed while
+    writing a file whose name starts with one of ``names``; return them."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    prefixes = tuple(TMP_PREFIX + name for name in names)
+    stale = [p for p in directory.iterdir() if p.name.startswith(prefixes) and p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale

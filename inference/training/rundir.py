@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from inference.training.checkpoint import CKPT_DIR, list_checkpoints
+from inference.training.files import remove_temporaries
 
 CONFIG = "config.json"
 LOG = "log.jsonl"
 VAL_LOG = "val.jsonl"
 LOSS_PNG = "loss.png"
+METRICS_PNG = "metrics.png"
 FIGURES = "figures"
 RUN_MARKERS = (CONFIG, LOG, VAL_LOG, CKPT_DIR)
 
@@ -39,6 +41,11 @@ class RunDir:
     @property
     def figures_dir(self) -> Path:
         return self.path / FIGURES
+
+    def remove_temporaries(self) -> List[Path]:
+        """Delete the temporary files of a run killed while writing its files or checkpoints."""
+        return (remove_temporaries(self.path, (CONFIG, LOG, VAL_LOG, LOSS_PNG, METRICS_PNG))
+                + remove_temporaries(self.ckpt_dir, ("step_",)))
 
     def holds_run(self) -> bool:
         """True when the directory has any file a run writes (config, logs, checkpoints)."""

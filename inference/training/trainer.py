@@ -6,6 +6,7 @@ schedules at ``s``)::
 
     clear param store, seed(seed), recipe.build, recipe.make_optimizer, recipe.make_scheduler,
     recipe.make_dataset("train"), recipe.make_dataset("val")   [resume: load states and RNGs]
+    checkpoint at step 0 (new runs)
     repeat until step == steps:
         images = next batch; loss, logs = recipe.loss(model, guide, images, step, config)
         backward; clip (recipe.grad_clip_norm); optimizer.step(); scheduler.step() (not plateau)
@@ -18,12 +19,20 @@ schedules at ``s``)::
 
 Validation and figures run under their own fixed seed with the training RNG states saved and
 restored around them, so they never change the training numbers.
+
+A non-finite loss, a non-finite parameter after an update, or a distribution given invalid
+parameters (Pyro's validation error) stops the run with :class:`TrainingError`; nothing is
+written then, so the newest checkpoint (at worst the one of step 0) is the last good state, and
+``--resume --amend --lr X`` continues from it. Ctrl-C checkpoints the state after the last
+completed step and draws its figures.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -36,6 +45,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from inference.training import checkpoint as ckpt_mod
+from inference.training.config import ConfigError
 from inference.training.data import BatchStream, fixed_batch, iterate_fixed
 from inference.training.files import atomic_write_text
 from inference.training.logs import JsonlLog, plot_losses, plot_metrics
@@ -47,6 +57,8 @@ PLOT_EVERY_S = 30.0
 #: seeds of the validation and figure blocks, offset from the run's seed
 VAL_SEED_OFFSET = 1_000_003
 FIGURES_SEED_OFFSET = 2_000_003
+#: the first line of the ValueError Pyro's validation raises for invalid distribution arguments
+INVALID_ARGUMENT = re.compile(r"Expected parameter (\w+) .* of distribution (\w+).* but found invalid values")
 
 
 class TrainingError(Exception):
@@ -111,6 +123,24 @@ def is_plateau(scheduler) -> bool:
     return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
 
 
+@contextlib.contextmanager
+def eval_mode(*modules: torch.nn.Module):
+    """Put ``modules`` in eval mode for a block, then back in the modes they had."""
+    before = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, training in zip(modules, before):
+            m.train(training)
+
+
+def all_finite(params: List[torch.Tensor]) -> bool:
+    """True when no parameter holds a NaN or an infinity (one device sync)."""
+    return bool(torch.isfinite(torch.stack([p.detach().abs().amax() for p in params if p.numel()])).all())
+
+
 @dataclass
 class Window:
     """Running sums of the losses since the last log line (saved in checkpoints)."""
@@ -145,9 +175,24 @@ class Trainer:
         self.run_dir = RunDir(Path(out))
         self.resume_ckpt = resume
         self.echo = echo
-        self.progress = progress
+        no_tty = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
+        self.show_bar = progress if progress is not None else not (no_tty or os.environ.get("CI"))
         self.step = 0
-        self._prepared = False
+        self.model = self.guide = self.optimizer = self.scheduler = self.clip = None
+        self.train_set = self.val_set = self.stream = None
+        self.params: List[torch.nn.Parameter] = []
+        self.window = Window()
+        self.elapsed = 0.0
+        #: (RNG states, data position) after the last completed step; None inside an update
+        self._snapshot = None
+        self._saved_at = self._val_at = self._fig_at = -1
+        self._last_figures: List[Path] = []
+        self._figure_batch = None
+        self._verified_save = False
+        self._checked_param_store = False
+        self._plotted_at = -float("inf")
+        self._stop_requested = False
+        self._previous_determinism = None
 
     # ------------------------------------------------------------------ setup
     def prepare(self) -> "Trainer":
@@ -165,36 +210,40 @@ class Trainer:
         self.optimizer = self.recipe.make_optimizer(self.params, cfg)
         self.scheduler = self.recipe.make_scheduler(self.optimizer, cfg)
         self.clip = self.recipe.grad_clip_norm(cfg)
-        self.train_set = self.recipe.make_dataset(cfg, "train")
-        self.val_set = self.recipe.make_dataset(cfg, "val")
+        self.train_set = self._dataset("train")
+        self.val_set = self._dataset("val")
         if len(self.train_set) < cfg["batch_size"]:
-            raise TrainingError(f"the {cfg['dataset']!r} training set has {len(self.train_set)} items, fewer "
-                                f"than one batch (--batch-size {cfg['batch_size']})")
-        self.window = Window()
-        self.elapsed = 0.0
+            raise ConfigError(f"the {cfg['dataset']!r} training set has {len(self.train_set)} items, fewer "
+                              f"than one batch (--batch-size {cfg['batch_size']})")
         data_state = None
-        self._rng_to_restore = None
         if self.resume_ckpt is not None:
-            ck = self.resume_ckpt
-            ckpt_mod.load_module_states(self.model, self.guide, ck)
-            if ck.get("optimizer_state") is not None:
-                self.optimizer.load_state_dict(ck["optimizer_state"])
-            if self.scheduler is not None and ck.get("scheduler_state") is not None:
-                self.scheduler.load_state_dict(ck["scheduler_state"])
-            self.step = int(ck["step"])
-            self._apply_amended_lr(cfg)
-            data_state = ck.get("data")
-            trainer_state = ck.get("trainer") or {}
-            self.window = Window.from_state(trainer_state.get("window"))
-            self.elapsed = float(trainer_state.get("elapsed", 0.0))
-            self._rng_to_restore = ck.get("rng")
+            data_state = self._load_resumed(self.resume_ckpt)
         self.stream = BatchStream(self.train_set, cfg["batch_size"], cfg["seed"], cfg["workers"], data_state)
-        self.n_params = sum(p.numel() for p in self.params)
-        self._figure_batch = None
-        self._verified_save = False
-        self._plotted_at = -float("inf")
-        self._prepared = True
         return self
+
+    def _dataset(self, split: str):
+        """``recipe.make_dataset``; a path it cannot write (a cache under a file, ...) is bad input."""
+        try:
+            return self.recipe.make_dataset(self.config, split)
+        except OSError as e:
+            where = str(e.filename or "")
+            keys = [k for k, v in self.config.items() if isinstance(v, str) and v and where.startswith(v)]
+            setting = f"--set {keys[0]}={self.config[keys[0]]}: " if keys else ""
+            raise ConfigError(f"{setting}cannot make the {split} data: {e.strerror or e}: {where}") from None
+
+    def _load_resumed(self, ck: Dict[str, Any]) -> Optional[Dict[str, int]]:
+        """Load the checkpoint's states into the built objects; return its data position."""
+        ckpt_mod.load_module_states(self.model, self.guide, ck)
+        if ck.get("optimizer_state") is not None:
+            self.optimizer.load_state_dict(ck["optimizer_state"])
+        if self.scheduler is not None and ck.get("scheduler_state") is not None:
+            self.scheduler.load_state_dict(ck["scheduler_state"])
+        self.step = self._saved_at = int(ck["step"])
+        self._apply_amended_lr(self.config)
+        trainer_state = ck.get("trainer") or {}
+        self.window = Window.from_state(trainer_state.get("window"))
+        self.elapsed = float(trainer_state.get("elapsed", 0.0))
+        return ck.get("data")
 
     def _apply_amended_lr(self, cfg) -> None:
         """An ``--amend``-ed lr at this step replaces the one restored with the optimiser's state."""
@@ -207,7 +256,7 @@ class Trainer:
 
     def _set_determinism(self, on: bool) -> None:
         """Deterministic kernels for the run (process-wide in torch; :meth:`close` restores the previous mode)."""
-        if getattr(self, "_previous_determinism", None) is None:
+        if self._previous_determinism is None:
             self._previous_determinism = (torch.are_deterministic_algorithms_enabled(),
                                           torch.is_deterministic_algorithms_warn_only_enabled(),
                                           torch.backends.cudnn.benchmark)
@@ -220,18 +269,18 @@ class Trainer:
 
     def close(self) -> None:
         """Stop data workers and restore torch's previous deterministic-algorithms mode (idempotent)."""
-        stream = getattr(self, "stream", None)
-        if stream is not None:
-            stream.close()
-        previous = getattr(self, "_previous_determinism", None)
-        if previous is not None:
-            enabled, warn_only, benchmark = previous
+        if self.stream is not None:
+            self.stream.close()
+        if self._previous_determinism is not None:
+            enabled, warn_only, benchmark = self._previous_determinism
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
             torch.backends.cudnn.benchmark = benchmark
             self._previous_determinism = None
 
     # ------------------------------------------------------------ checkpoints
-    def state(self, rng=None, data=None) -> Dict[str, Any]:
+    def state(self) -> Dict[str, Any]:
+        """The checkpoint of the state after the last completed step."""
+        rng, data = self._snapshot
         return {
             "model": self.recipe.name,
             "dataset": self.config["dataset"],
@@ -241,18 +290,18 @@ class Trainer:
             "guide_state": ckpt_mod.module_state(self.guide),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng": rng if rng is not None else get_rng_state(),
-            "data": data if data is not None else self.stream.state(),
+            "rng": rng,
+            "data": data,
             "trainer": {"elapsed": self.elapsed, "window": self.window.state()},
             "versions": library_versions(),
             "device": str(self.device),
         }
 
-    def save(self, rng=None, data=None, final: bool = False) -> Path:
+    def save(self, final: bool = False) -> Path:
         """Checkpoint (atomically), prune to ``keep``, and redraw loss.png (at most every
         :data:`PLOT_EVERY_S` seconds, and always when ``final``)."""
         try:
-            path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state(rng, data))
+            path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state())
         except ckpt_mod.CheckpointError as e:
             raise TrainingError(str(e)) from None
         if not self._verified_save:  # once per run: the file must load back weights-only
@@ -269,6 +318,13 @@ class Trainer:
             self.plot()
         return path
 
+    def _checkpoint_now(self) -> Path:
+        """The checkpoint of the current step, written unless it already is; loss.png redrawn."""
+        if self._saved_at != self.step:
+            return self.save(final=True)
+        self.plot()
+        return self.run_dir.ckpt_dir / ckpt_mod.checkpoint_name(self.step)
+
     def plot(self) -> None:
         try:
             plot_losses(self.run_dir.path)
@@ -278,82 +334,99 @@ class Trainer:
         self._plotted_at = time.monotonic()
 
     # ------------------------------------------------------------- evaluation
-    def _modes(self, training: bool):
-        before = (self.model.training, self.guide.training)
-        self.model.train(training)
-        self.guide.train(training)
-        return before
-
     def validate(self) -> Optional[float]:
         """Mean ``recipe.eval_loss`` over the first ``val_items`` validation items (fixed noise)."""
         if len(self.val_set) == 0:
             return None
         cfg = self.config
-        before = self._modes(False)
-        try:
-            total, n = 0.0, 0
-            with preserved_rng(cfg["seed"] + VAL_SEED_OFFSET):
-                for images in iterate_fixed(self.val_set, cfg["val_items"], cfg["batch_size"]):
-                    loss = self.recipe.eval_loss(self.model, self.guide, images.to(self.device), self.step, cfg)
-                    total += float(loss) * len(images)
-                    n += len(images)
-        finally:
-            self.model.train(before[0])
-            self.guide.train(before[1])
+        total, n = 0.0, 0
+        with eval_mode(self.model, self.guide), preserved_rng(cfg["seed"] + VAL_SEED_OFFSET), self._diverges():
+            for images in iterate_fixed(self.val_set, cfg["val_items"], cfg["batch_size"]):
+                loss = self.recipe.eval_loss(self.model, self.guide, images.to(self.device), self.step, cfg)
+                total += float(loss) * len(images)
+                n += len(images)
         return total / n if n else None
 
     def validation_metrics(self) -> Dict[str, Any]:
         """The recipe's learning metrics on the validation set (fixed noise); {} if it has none."""
         if len(self.val_set) == 0:
             return {}
-        before = self._modes(False)
         try:
-            with preserved_rng(self.config["seed"] + VAL_SEED_OFFSET):
-                return self.recipe.validation_metrics(self.model, self.guide, self.val_set, self.step, self.config) or {}
+            with eval_mode(self.model, self.guide), preserved_rng(self.config["seed"] + VAL_SEED_OFFSET):
+                metrics = self.recipe.validation_metrics(self.model, self.guide, self.val_set, self.step, self.config)
+            return metrics or {}
         except Exception:
             self._warn(f"validation metrics at step {self.step} failed (training goes on):\n{traceback.format_exc()}")
             return {}
-        finally:
-            self.model.train(before[0])
-            self.guide.train(before[1])
 
     def figures(self) -> List[Path]:
+        """The recipe's figures of a fixed validation batch at this step (fixed noise)."""
+        self._fig_at = self.step
         if len(self.val_set) == 0:
             return []
-        before = self._modes(False)
         try:
             if self._figure_batch is None:
                 self._figure_batch = _to_device(fixed_batch(self.val_set, self.config["batch_size"]), self.device)
-            with preserved_rng(self.config["seed"] + FIGURES_SEED_OFFSET), torch.no_grad():
+            with eval_mode(self.model, self.guide), preserved_rng(self.config["seed"] + FIGURES_SEED_OFFSET), \
+                    torch.no_grad():
                 paths = self.recipe.figures(self.model, self.guide, self._figure_batch,
                                             self.run_dir.figures_dir, self.step)
-            return [Path(p) for p in (paths or [])]
+            self._last_figures = [Path(p) for p in (paths or [])]
         except Exception:
             self._warn(f"figures at step {self.step} failed (training goes on):\n{traceback.format_exc()}")
-            return []
-        finally:
-            self.model.train(before[0])
-            self.guide.train(before[1])
+            self._last_figures = []
+        return self._last_figures
 
     def _warn(self, msg: str) -> None:
         print(f"warning: {msg}", file=sys.stderr, flush=True)
 
+    # ------------------------------------------------------------ divergence
+    def _diverged(self, what: str) -> TrainingError:
+        """The error that stops a diverging run, pointing at the newest checkpoint (the last good state)."""
+        path = ckpt_mod.find_checkpoint(self.run_dir.path)
+        lr = self.optimizer.param_groups[0]["lr"]
+        return TrainingError(f"{what}; stopped. The last good checkpoint is {path}; continue from it with a "
+                             f"lower learning rate: python -m inference.svi --resume --amend --lr {lr / 10:g} "
+                             f"--out {self.run_dir.path} (--amend --set KEY=VALUE changes other settings)")
+
+    @contextlib.contextmanager
+    def _diverges(self):
+        """Turn Pyro's validation error for invalid (NaN, infinite) distribution arguments into :meth:`_diverged`."""
+        try:
+            yield
+        except ValueError as e:
+            found = INVALID_ARGUMENT.search(str(e))
+            if found is None:
+                raise
+            raise self._diverged(f"the {found.group(1)} of a {found.group(2)} distribution became invalid "
+                                 f"(NaN or infinite) at step {self.step}") from None
+
     # ------------------------------------------------------------------- loop
-    def _check_loss(self, loss, first: bool) -> None:
+    def _check_loss(self, loss) -> float:
+        """The loss as a float; the recipe must return a finite scalar tensor that requires grad."""
         if not isinstance(loss, torch.Tensor) or loss.dim() != 0 or not loss.requires_grad:
             raise TrainingError(f"recipe {self.recipe.name!r}: loss() must return a scalar tensor that "
                                 f"requires grad, got {type(loss).__name__} "
                                 f"{tuple(loss.shape) if isinstance(loss, torch.Tensor) else ''}")
-        if first:
-            import pyro
+        if not self._checked_param_store:
+            self._check_param_store()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise self._diverged(f"the loss is {value} at step {self.step}")
+        return value
 
-            ids = {id(p) for p in self.params}
-            stray = [name for name, p in pyro.get_param_store().named_parameters()
-                     if p.requires_grad and id(p) not in ids]
-            if stray:
-                raise TrainingError(f"recipe {self.recipe.name!r}: parameters in Pyro's param store that are "
-                                    f"not parameters of the model or guide modules (they would be neither "
-                                    f"trained nor checkpointed): {', '.join(sorted(stray)[:10])}")
+    def _check_param_store(self) -> None:
+        """Once per run: every parameter in Pyro's param store must belong to the model or guide."""
+        import pyro
+
+        ids = {id(p) for p in self.params}
+        stray = [name for name, p in pyro.get_param_store().named_parameters()
+                 if p.requires_grad and id(p) not in ids]
+        if stray:
+            raise TrainingError(f"recipe {self.recipe.name!r}: parameters in Pyro's param store that are "
+                                f"not parameters of the model or guide modules (they would be neither "
+                                f"trained nor checkpointed): {', '.join(sorted(stray)[:10])}")
+        self._checked_param_store = True
 
     def _log(self, reset: bool = True) -> None:
         w = self.window
@@ -368,7 +441,7 @@ class Trainer:
             "logs": {k: v / w.n for k, v in w.logs.items()},
         }
         JsonlLog(self.run_dir.log_path).write(record)
-        if not self._bar_enabled:
+        if not self.show_bar:
             self.echo(f"step {self.step}/{self.config['steps']}  loss {record['loss']:.6g}  "
                       f"lr {record['lr']:.3g}  {record['sec_per_step']:.3g} s/step")
         if reset:
@@ -376,6 +449,7 @@ class Trainer:
 
     def _val(self, step_scheduler: bool, final: bool = False) -> Optional[float]:
         t0 = time.perf_counter()
+        self._val_at = self.step
         val = self.validate()
         if val is None:
             return None
@@ -391,42 +465,52 @@ class Trainer:
         if final:
             record["final"] = True
         JsonlLog(self.run_dir.val_path).write(record)
-        self._val_at = self.step
         return val
 
-    def _install_sigint(self):
-        if threading.current_thread() is not threading.main_thread():
-            return None
-        previous = signal.getsignal(signal.SIGINT)
+    def _on_sigint(self, signum, frame) -> None:
+        self._stop_requested = True
+        self.echo(f"\ninterrupt: finishing step {self.step + 1}, then writing a checkpoint "
+                  f"(Ctrl-C again to stop at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-        def handler(signum, frame):
-            self._stop_requested = True
-            self.echo(f"\ninterrupt: finishing step {self.step + 1}, then writing a checkpoint "
-                      f"(Ctrl-C again to stop at once)")
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-
-        signal.signal(signal.SIGINT, handler)
-        return previous
+    @contextlib.contextmanager
+    def _sigint_finishes_the_step(self):
+        """The first Ctrl-C stops the run after the current step; the second stops it at once. Left
+        alone off the main thread and when SIGINT is ignored (a process started with nohup or &)."""
+        if threading.current_thread() is not threading.main_thread() or \
+                signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def _start_files(self) -> None:
+        """Make the run directory, drop what a killed run left (temporary files, log lines after
+        the checkpoint resumed from), write config.json and, for a new run, the step-0 checkpoint."""
+        import json
+
         rd = self.run_dir
         rd.path.mkdir(parents=True, exist_ok=True)
         rd.ckpt_dir.mkdir(exist_ok=True)
-        import json
-
+        rd.remove_temporaries()
         atomic_write_text(rd.config_path, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-        if self.resume_ckpt is not None:  # drop lines logged after the checkpoint we resume from
+        if self.resume_ckpt is not None:
             JsonlLog(rd.log_path).truncate_after(self.step)
             JsonlLog(rd.val_path).truncate_after(self.step)
+        else:
+            self.save()
 
     def run(self) -> Dict[str, Any]:
         """Train to ``config['steps']``; return paths and numbers of the finished run.
 
         Raises :class:`Interrupted` after Ctrl-C (a checkpoint has been written) and
-        :class:`TrainingError` on a non-finite loss (the last good state is checkpointed).
-        Calls :meth:`close` when done.
+        :class:`TrainingError` when the run diverges (the newest checkpoint is the last good
+        state). Calls :meth:`close` when done.
         """
-        if not self._prepared:
+        if self.model is None:
             self.prepare()
         try:
             return self._run()
@@ -434,100 +518,102 @@ class Trainer:
             self.close()
 
     def _run(self) -> Dict[str, Any]:
-        cfg, total = self.config, self.config["steps"]
-        self._start_files()
-        if self._rng_to_restore is not None:
-            set_rng_state(self._rng_to_restore)
-        self._saved_at = self._val_at = self._fig_at = -1
         if self.resume_ckpt is not None:
-            self._saved_at = self.step
-        self._stop_requested = False
-        no_tty = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
-        self._bar_enabled = self.progress if self.progress is not None else not (no_tty or os.environ.get("CI"))
-        start = self.step
-        self.echo(f"training {self.recipe.name} on {cfg['dataset']} | device {self.device} | "
-                  f"{self.n_params:,} parameters | steps {start} -> {total}"
-                  f"{' (resumed)' if self.resume_ckpt is not None else ''} | out {self.run_dir.path}")
+            set_rng_state(self.resume_ckpt["rng"])
+        self._snapshot = (get_rng_state(), self.stream.state())
+        self._start_files()
+        self._announce()
+        try:
+            with self._sigint_finishes_the_step(), self._progress_bar() as bar:
+                while self.step < self.config["steps"]:
+                    self._train_step(bar)
+                    self._after_step()
+                    if self._stop_requested:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise Interrupted(self.step, self._stop_interrupted()) from None
+        finally:
+            self.stream.close()
+        return self._finish()
+
+    def _announce(self) -> None:
+        resumed = " (resumed)" if self.resume_ckpt is not None else ""
+        self.echo(f"training {self.recipe.name} on {self.config['dataset']} | device {self.device} | "
+                  f"{sum(p.numel() for p in self.params):,} parameters | steps {self.step} -> "
+                  f"{self.config['steps']}{resumed} | out {self.run_dir.path}")
+
+    def _progress_bar(self):
         from tqdm import tqdm
 
-        bar = tqdm(total=total, initial=start, unit="step", desc=self.recipe.name, dynamic_ncols=True,
-                   disable=not self._bar_enabled, file=sys.stderr)
-        previous_handler = self._install_sigint()
-        phase, snapshot = "post", None
-        last_figures: List[Path] = []
-        try:
-            while self.step < total:
-                snapshot = (get_rng_state(), self.stream.state())
-                phase = "pre"
-                t0 = time.perf_counter()
-                images = next(self.stream).to(self.device)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss, logs = self.recipe.loss(self.model, self.guide, images, self.step, cfg)
-                self._check_loss(loss, first=self.step == start)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    path = self.save(rng=snapshot[0], data=snapshot[1], final=True)
-                    raise TrainingError(f"the loss is {value} at step {self.step}; stopped. The state before "
-                                        f"this step is in {path} (try a lower --lr or gradient clipping)")
-                loss.backward()
-                if self.clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.clip)
-                phase = "update"
-                self.optimizer.step()
-                if self.scheduler is not None and not is_plateau(self.scheduler):
-                    self.scheduler.step()
-                self.step += 1
-                phase = "post"
-                seconds = time.perf_counter() - t0
-                self.elapsed += seconds
-                self.window.add(value, _float_logs(logs), seconds)
-                bar.update(1)
-                bar.set_postfix_str(f"loss {value:.5g}", refresh=False)
-                if self.step % cfg["log_every"] == 0:
-                    self._log()
-                if cfg["val_every"] and self.step % cfg["val_every"] == 0:
-                    self._val(step_scheduler=True)
-                if cfg["figures_every"] and self.step % cfg["figures_every"] == 0:
-                    last_figures = self.figures()
-                    self._fig_at = self.step
-                if cfg["ckpt_every"] and self.step % cfg["ckpt_every"] == 0:
-                    self.save()
-                if self._stop_requested:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
-            bar.close()
-            path = None
-            if phase == "pre":  # the step had not touched the parameters: save the state before it
-                path = self.save(rng=snapshot[0], data=snapshot[1], final=True)
-            elif phase == "post":
-                path = (self.save(final=True) if self._saved_at != self.step
-                        else ckpt_mod.find_checkpoint(self.run_dir.path))
-            else:
-                self._warn(f"interrupted inside the optimiser update of step {self.step}; no checkpoint written "
-                           f"(the parameters may be half-updated)")
-            raise Interrupted(self.step, path) from None
-        finally:
-            bar.close()
-            self.stream.close()
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-        # the end: a partial log window is written but kept in the checkpoint, so a later
-        # --resume with more steps logs the same windows as one longer run
+        return tqdm(total=self.config["steps"], initial=self.step, unit="step", desc=self.recipe.name,
+                    dynamic_ncols=True, disable=not self.show_bar, file=sys.stderr)
+
+    def _train_step(self, bar) -> None:
+        """One optimiser update. Parameters and optimiser are untouched until ``optimizer.step()``, so
+        until then :meth:`state` (the snapshot after the previous step) is exact."""
+        t0 = time.perf_counter()
+        images = next(self.stream).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._diverges():
+            loss, logs = self.recipe.loss(self.model, self.guide, images, self.step, self.config)
+        value = self._check_loss(loss)
+        loss.backward()
+        if self.clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+        self._snapshot = None  # a Ctrl-C from here until the step is counted leaves no exact state
+        self.optimizer.step()
+        if not all_finite(self.params):
+            raise self._diverged(f"the update of step {self.step} made a parameter NaN or infinite")
+        if self.scheduler is not None and not is_plateau(self.scheduler):
+            self.scheduler.step()
+        self.step += 1
+        seconds = time.perf_counter() - t0
+        self.elapsed += seconds
+        self.window.add(value, _float_logs(logs), seconds)
+        self._snapshot = (get_rng_state(), self.stream.state())
+        bar.update(1)
+        bar.set_postfix_str(f"loss {value:.5g}", refresh=False)
+
+    def _after_step(self) -> None:
+        """Log line, validation, figures and checkpoint, each when its interval divides the step."""
+        cfg = self.config
+        if self.step % cfg["log_every"] == 0:
+            self._log()
+        if self._due(cfg["val_every"]):
+            self._val(step_scheduler=True)
+        if self._due(cfg["figures_every"]):
+            self.figures()
+        if self._due(cfg["ckpt_every"]):
+            self.save()
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.step % every == 0
+
+    def _stop_interrupted(self) -> Optional[Path]:
+        """After Ctrl-C: checkpoint the state after the last completed step and draw its figures."""
+        if self._snapshot is None:
+            self._warn(f"interrupted inside the optimiser update of step {self.step}; no checkpoint written "
+                       f"(the parameters may be half-updated)")
+            return None
+        path = self._checkpoint_now()
+        if self._fig_at != self.step:
+            with contextlib.suppress(KeyboardInterrupt):
+                self.figures()
+        return path
+
+    def _finish(self) -> Dict[str, Any]:
+        """The end: last log window, validation and figures (unless just done), final checkpoint."""
+        # a partial log window is written but kept in the checkpoint, so a later --resume with
+        # more steps logs the same windows as one longer run
         if self.window.n > 0:
             self._log(reset=False)
-        val = None
-        if self._val_at != self.step:
-            val = self._val(step_scheduler=False, final=True)
+        val = self._val(step_scheduler=False, final=True) if self._val_at != self.step else None
         if self._fig_at != self.step:
-            last_figures = self.figures()
-        if self._saved_at != self.step:
-            path = self.save(final=True)
-        else:
-            path = ckpt_mod.find_checkpoint(self.run_dir.path)
-            self.plot()
+            self.figures()
+        path = self._checkpoint_now()
         rd = self.run_dir
         figures = sorted(p for p in rd.figures_dir.rglob("*") if p.is_file()) if rd.figures_dir.exists() else []
         self.echo(f"done: step {self.step} | checkpoint {path} | log {rd.log_path} | "
                   f"figures {rd.figures_dir} ({len(figures)} files) | loss curve {rd.path / 'loss.png'}")
         return {"step": self.step, "checkpoint": path, "log": rd.log_path, "val_log": rd.val_path,
-                "figures": last_figures, "run_dir": rd.path, "val_loss": val}
+                "figures": self._last_figures, "run_dir": rd.path, "val_loss": val}
