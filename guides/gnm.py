@@ -47,8 +47,8 @@ class GNMGuide(nn.Module):
         if x is None:
             raise ValueError("GNMGuide needs the images x")
         model, cfg = self.model, self.cfg
+        B = model.check_input(x, batch_size, who="GNMGuide")
         pyro.module("gnm_guide", self)
-        B = model._batch_size(x, batch_size)
         fx = self.encoder(x)
         with contextlib.ExitStack() as stack:
             if mode:
@@ -83,7 +83,7 @@ class GNMGuide(nn.Module):
         conditioned on the previous means) and ``z_bg`` ``(B, 10)`` when there is a background.
         """
         model, cfg = self.model, self.cfg
-        model._batch_size(x, None)
+        model.check_input(x, who="GNMGuide")
         fx = self.encoder(x)
         p = model.zs_net(fx)
         out = {

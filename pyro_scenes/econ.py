@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from pyro_scenes.distributions import LayeredNormal, RegionBernoulli
+from pyro_scenes.images import check_batch_size, check_image_batch
 from pyro_scenes.nn.expert_nets import ExpertDecoder
 
 
@@ -88,25 +89,20 @@ class ECON(nn.Module):
         if expert_probs.shape != (num_experts,) or (expert_probs < 0).any() or not torch.isclose(expert_probs.sum(), torch.tensor(1.0)):
             raise ValueError(f"ECON: expert_probs must be {num_experts} probabilities summing to 1")
         self.register_buffer("expert_probs", expert_probs)
-        self.config = dict(num_experts=num_experts, num_layers=num_layers, latent_dim=latent_dim, image_size=image_size, channels=channels,
-                           decoder_features=decoder_features, decoder_layers=decoder_layers, sigma_x=self.sigma_x)
 
     def check_images(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is a float ``B x C x H x W`` batch in [0, 1] of this model's size."""
-        want = (self.channels, self.image_size, self.image_size)
-        if not torch.is_tensor(x) or not x.is_floating_point():
-            raise ValueError("ECON expects float images")
-        if x.dim() != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"ECON expects images of shape B x {want[0]} x {want[1]} x {want[2]}, got {tuple(x.shape)}")
-        if x.numel() and (x.min() < 0 or x.max() > 1):
-            raise ValueError("ECON expects pixel values in [0, 1]")
+        """Raise ``ValueError`` unless ``x`` is a float ``B x C x H x W`` batch (B >= 1) of this model's
+        size with finite values in [0, 1]."""
+        check_image_batch(x, (self.channels, self.image_size, self.image_size), "ECON")
 
     def forward(self, x: Optional[torch.Tensor] = None, batch_size: Optional[int] = None, num_layers: Optional[int] = None) -> torch.Tensor:
         if x is not None:
             self.check_images(x)
             batch_size = x.shape[0]
-        elif batch_size is None or batch_size < 1:
+        elif batch_size is None:
             raise ValueError("ECON: pass images x to score, or batch_size >= 1 to sample")
+        else:
+            batch_size = check_batch_size(batch_size, "ECON")
         T = self.num_layers if num_layers is None else int(num_layers)
         if T < 1:
             raise ValueError(f"ECON: num_layers must be >= 1, got {T}")

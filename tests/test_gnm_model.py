@@ -304,7 +304,7 @@ def test_input_validation():
     model = GNM.preset("tiny")
     with pytest.raises(ValueError, match="batch_size"):
         model()
-    with pytest.raises(ValueError, match="expected images"):
+    with pytest.raises(ValueError, match="expects images of shape"):
         model(torch.rand(2, 3, 32, 32))
     with pytest.raises(TypeError):
         GNMGuide(torch.nn.Linear(2, 2))

@@ -14,6 +14,7 @@ from pyro_scenes.gnm.distributions import ConcreteBernoulli
 from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.gnm.networks import BackgroundDecoder, GaussianHead, GlimpseDecoder, StructDRAW, ZsNetwork
 from pyro_scenes.gnm.render import RenderOptions, render_additive, render_alpha, render_options, where_from_raw
+from pyro_scenes.images import check_batch_size, check_image_batch
 from pyro_scenes.nn.stn import where_to_boxes
 
 #: the per-cell and background sites that "mode" generation sets to their modes
@@ -113,7 +114,7 @@ class GNM(nn.Module):
         """
         cfg = self.cfg
         pyro.module("gnm", self)
-        B = self._batch_size(x, batch_size)
+        B = self.check_input(x, batch_size)
         if mode is None:
             mode = x is None
         with contextlib.ExitStack() as stack:
@@ -147,18 +148,18 @@ class GNM(nn.Module):
                 )
         return image
 
-    def _batch_size(self, x, batch_size) -> int:
+    def check_input(self, x=None, batch_size=None, who: str = "GNM") -> int:
+        """The batch size of a call: B of images ``x`` (float, ``(B, C, H, W)`` of this model's size,
+        finite, in [0, 1]) or ``batch_size`` (an integer >= 1) when sampling; ``ValueError`` otherwise."""
         cfg = self.cfg
         if x is None:
             if batch_size is None:
-                raise ValueError("GNM: give images x (B, C, H, W) to score or batch_size=n to sample")
-            return int(batch_size)
-        expected = (cfg.channels, cfg.image_size, cfg.image_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"GNM: expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}), got {tuple(x.shape)}")
-        if batch_size is not None and int(batch_size) != x.shape[0]:
-            raise ValueError(f"GNM: batch_size={batch_size} but x holds {x.shape[0]} images")
-        return x.shape[0]
+                raise ValueError(f"{who}: give images x (B, C, H, W) to score or batch_size=n to sample")
+            return check_batch_size(batch_size, who)
+        n = check_image_batch(x, (cfg.channels, cfg.image_size, cfg.image_size), who)
+        if batch_size is not None and check_batch_size(batch_size, who) != n:
+            raise ValueError(f"{who}: batch_size={batch_size} but x holds {n} images")
+        return n
 
     @torch.no_grad()
     def sample(self, n: int, mode: bool = True) -> torch.Tensor:
