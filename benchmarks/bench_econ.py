@@ -19,9 +19,10 @@ import torch
 from inference.objectives import econ_loss
 from inference.recipes.econ import ECONRecipe
 from pyro_scenes.distributions import bernoulli_kl
+from pyro_scenes.econ import competition_score
 
 
-def torch_loss(model, guide, x, beta, gamma, lam):
+def torch_loss(model, guide, x, beta, gamma):
     """Eq. (13) in plain PyTorch: the same computation as econ_loss, without Pyro."""
     B, H, T = x.shape[0], model.image_size, model.num_layers
     scope = x.new_ones(B, 1, H, H)
@@ -31,7 +32,8 @@ def torch_loss(model, guide, x, beta, gamma, lam):
         last = t == 1
         with torch.no_grad():
             p = guide.propose(x, scope, last)
-            k = torch.distributions.Categorical(logits=-(lam * p["L_x"] + p["L_r"])).sample()
+            score = competition_score(p, guide.competition_lambda, guide.competition_per_pixel)
+            k = torch.distributions.Categorical(logits=-score).sample()
         region, loc, scale = guide.explain(x, scope, k, last)
         z = loc + scale * p["noise"][rows, k]
         mu, m = model.decoder(z, experts=k)
@@ -83,12 +85,12 @@ def main():
 
         def pyro_step():
             opt.zero_grad()
-            econ_loss(model, guide, x, config["beta"], config["gamma"], config["lam"]).backward()
+            econ_loss(model, guide, x, config["beta"], config["gamma"]).backward()
             opt.step()
 
         def torch_step():
             opt.zero_grad()
-            torch_loss(model, guide, x, config["beta"], config["gamma"], config["lam"]).backward()
+            torch_loss(model, guide, x, config["beta"], config["gamma"]).backward()
             opt.step()
 
         results[K] = time_steps([pyro_step, torch_step], args.repeats)

@@ -5,9 +5,11 @@
 Inference runs from the front layer t = T down to 1. At each step every expert attends
 (region r~ = s_t * sigmoid(a_k(x, s_t)), eq. 9), encodes its region (q(z_t | x, r~, k)) and
 decodes its own sample z~ = mu + sigma * eps. These K proposals are scored (without gradients)
-with the competition terms of section 5.2 and attached to the site ``k_t``; the site's own distribution is the
-stochastic competition ``q(k_t) = softmax(-(lambda L^_x,t(k) + L^_r,t(k)))``. During training
-the :class:`inference.handlers.Competition` messenger replaces it by a point mass at the winner
+by the competition objective of section 5.2, ``lambda L^_x,t(k) + L^_r,t(k)``
+(:func:`~pyro_scenes.econ.competition_score`; the guide owns lambda), and the scores are
+attached to the site ``k_t`` as ``infer["competition_scores"]``; the site's own distribution is
+the stochastic competition ``q(k_t) = softmax(-score)``. During training the
+:class:`inference.handlers.Competition` messenger replaces it by a point mass at the winner
 so only the winner's terms enter the loss; the winner's region and posterior are then
 recomputed with its own weights alone, so backpropagation never touches the losers (and costs
 one expert, not K). The last step (t = 1) takes the remaining scope as
@@ -48,11 +50,13 @@ class ECONGuide(nn.Module):
     :param attention_blocks: U-Net down/up blocks (paper: 4).
     :param encoder_features: encoder channels (C.2.1).
     :param encoder_layers: encoder conv blocks (C.2.1); each halves the resolution.
-    :param competition_lambda: lambda of the competition objective used by the site's own
-        (unhandled) distribution and by :func:`inference.decompose.decompose`; the training
-        handler carries its own.
-    :param competition_per_pixel: score the experts per pixel of their regions (see
-        :class:`inference.handlers.Competition`), likewise.
+    :param competition_lambda: lambda, the weight of the appearance term L_x in the competition
+        objective (the paper uses L_x + L_r for unique colours and L_r alone, lambda = 0, for
+        random colours).
+    :param competition_per_pixel: score each expert per pixel of its region,
+        ``(lambda L_x + L_r) / |r~_k|`` (with ``|r~_k| = sum r~_k``, at least 1), instead of summed
+        over it. The summed score favours the expert with the smallest region whatever its fit
+        (docs/econ.md).
     """
 
     def __init__(
@@ -72,11 +76,10 @@ class ECONGuide(nn.Module):
         K, C, S = model.num_experts, model.channels, model.image_size
         self.attention = ExpertAttention(K, C + 1, S, attention_filters, attention_blocks)
         self.encoder = ExpertEncoder(K, C + 1, S, model.latent_dim, encoder_features, encoder_layers)
+        if not competition_lambda >= 0:
+            raise ValueError(f"ECONGuide: competition_lambda must be >= 0, got {competition_lambda}")
         self.competition_lambda = float(competition_lambda)
         self.competition_per_pixel = bool(competition_per_pixel)
-        self.config = dict(attention_filters=attention_filters, attention_blocks=attention_blocks, encoder_features=encoder_features,
-                           encoder_layers=encoder_layers, competition_lambda=self.competition_lambda,
-                           competition_per_pixel=self.competition_per_pixel)
 
     @property
     def model(self) -> ECON:
@@ -137,9 +140,8 @@ class ECONGuide(nn.Module):
                 last = t == 1
                 with torch.no_grad():  # the competition only scores; it is not differentiated
                     p = self.propose(x, scope, last)
-                terms = {"L_x": p["L_x"], "L_r": p["L_r"], "area": p["area"]}
-                logits = -competition_score(terms, self.competition_lambda, self.competition_per_pixel)
-                k = pyro.sample(f"k_{t}", dist.Categorical(logits=logits), infer={"competition": terms})
+                score = competition_score(p, self.competition_lambda, self.competition_per_pixel)
+                k = pyro.sample(f"k_{t}", dist.Categorical(logits=-score), infer={"competition_scores": score})
                 region, loc, scale = self.explain(x, scope, k, last)
                 pyro.sample(f"z_{t}", PresampledNormal(loc, scale, take_expert(p["noise"], k, 1)).to_event(1))
                 r = pyro.sample(f"r_{t}", RegionMean(region).to_event(3))

@@ -10,8 +10,8 @@ from inference.handlers.competition import Competition
 
 
 @torch.no_grad()
-def decompose(model, guide, x: torch.Tensor, greedy: bool = True, lam: float = None) -> Dict[str, torch.Tensor]:
-    """Infer layers front to back with the competition and decode each winner's full object.
+def decompose(model, guide, x: torch.Tensor, greedy: bool = True) -> Dict[str, torch.Tensor]:
+    """Infer layers front to back with the guide's competition and decode each winner's full object.
 
     Returns tensors indexed by layer ``t - 1`` (index ``T - 1`` is the front layer):
 
@@ -21,9 +21,7 @@ def decompose(model, guide, x: torch.Tensor, greedy: bool = True, lam: float = N
     * ``masks`` (B, T, 1, H, W) m~_{k_t}(z_t), the unoccluded shape;
     * ``latents`` (B, T, L) z_t; ``reconstruction`` (B, C, H, W) sum_t r_t mu_t.
     """
-    lam = guide.competition_lambda if lam is None else lam
-    per_pixel = getattr(guide, "competition_per_pixel", False)
-    trace = pyro.poutine.trace(Competition(lam=lam, greedy=greedy, per_pixel=per_pixel)(guide)).get_trace(x)
+    trace = pyro.poutine.trace(Competition(greedy=greedy)(guide)).get_trace(x)
     T = sum(1 for name in trace.nodes if name.startswith("k_"))
     experts = torch.stack([trace.nodes[f"k_{t}"]["value"] for t in range(1, T + 1)], dim=1)
     latents = torch.stack([trace.nodes[f"z_{t}"]["value"] for t in range(1, T + 1)], dim=1)

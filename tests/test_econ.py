@@ -19,9 +19,9 @@ from pyro_scenes.distributions import LayeredNormal, RegionBernoulli, RegionMean
 from pyro_scenes.nn.experts import ExpertConv2d, ExpertLinear
 
 
-def tiny(K=4, T=3, size=16, latent=3):
+def tiny(K=4, T=3, size=16, latent=3, **competition):
     model = ECON(num_experts=K, num_layers=T, latent_dim=latent, image_size=size, decoder_features=8, decoder_layers=2, sigma_x=0.1)
-    guide = ECONGuide(model, attention_filters=8, attention_blocks=3, encoder_features=8, encoder_layers=2)
+    guide = ECONGuide(model, attention_filters=8, attention_blocks=3, encoder_features=8, encoder_layers=2, **competition)
     return model, guide
 
 
@@ -171,7 +171,7 @@ def test_svi_with_validation_runs_without_warnings():
     x = torch.rand(3, 3, 16, 16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        svi = SVI(model, Competition(1.0)(guide), pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+        svi = SVI(model, Competition()(guide), pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
         first = svi.step(x)
         svi_plain = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())  # stochastic competition as q(k)
         assert math.isfinite(svi_plain.step(x))
@@ -195,22 +195,37 @@ def test_bad_input_is_rejected():
 # ---------------------------------------------------------------- competition
 
 def test_competition_samples_exp_minus_score_and_greedy_takes_argmin():
-    terms = {"L_x": torch.tensor([[1.0, 2.0, 0.5]]).expand(40000, 3), "L_r": torch.tensor([[0.5, 0.0, 2.0]]).expand(40000, 3)}
+    score = torch.tensor([2.5, 4.0, 3.0])
 
     def site():
         with pyro.plate("n", 40000):
-            return pyro.sample("k_1", dist.Categorical(logits=torch.zeros(3)), infer={"competition": terms})
+            return pyro.sample("k_1", dist.Categorical(logits=torch.zeros(3)), infer={"competition_scores": score.expand(40000, 3)})
 
-    k = Competition(lam=2.0)(site)()
-    score = 2.0 * terms["L_x"][0] + terms["L_r"][0]  # [2.5, 4.0, 3.0]
-    expected = torch.softmax(-score, 0)
+    k = Competition()(site)()
     freq = torch.bincount(k, minlength=3).float() / 40000
-    assert torch.allclose(freq, expected, atol=0.01)
-    assert (Competition(lam=2.0, greedy=True)(site)() == 0).all()
-    assert (Competition(lam=0.0, greedy=True)(site)() == 1).all()  # lambda = 0: L_r alone
-    tr = poutine.trace(Competition(lam=2.0)(site)).get_trace()
+    assert torch.allclose(freq, torch.softmax(-score, 0), atol=0.01)
+    assert (Competition(greedy=True)(site)() == 0).all()
+    tr = poutine.trace(Competition()(site)).get_trace()
     tr.compute_log_prob()
     assert (tr.nodes["k_1"]["log_prob"] == 0).all()  # point mass: no log q(k) term
+
+
+@pytest.mark.parametrize("lam, per_pixel", [(2.0, False), (0.0, False), (2.0, True)])
+def test_the_guide_scores_lambda_L_x_plus_L_r_and_is_its_own_q_of_k(lam, per_pixel):
+    torch.manual_seed(0)
+    model, guide = tiny(T=2, competition_lambda=lam, competition_per_pixel=per_pixel)
+    x = torch.rand(3, 3, 16, 16)
+    propose = guide.propose
+    seen = []
+    guide.propose = lambda *a: seen.append(propose(*a)) or seen[-1]
+    tr = poutine.trace(guide).get_trace(x)
+    p = seen[0]  # the front layer's proposals
+    score = lam * p["L_x"] + p["L_r"]
+    score = score / p["area"].clamp_min(1.0) if per_pixel else score
+    assert torch.allclose(tr.nodes["k_2"]["infer"]["competition_scores"], score)
+    assert torch.allclose(tr.nodes["k_2"]["fn"].probs, torch.softmax(-score, -1))
+    with pytest.raises(ValueError, match="competition_lambda"):
+        tiny(competition_lambda=-1.0)
 
 
 def _hand_eq13(model, guide, x, trace, beta, gamma):
@@ -246,13 +261,13 @@ def _hand_eq13(model, guide, x, trace, beta, gamma):
 @pytest.mark.parametrize("lam", [1.3, 0.0])
 def test_loss_equals_eq13_by_hand(lam):
     torch.manual_seed(0)
-    model, guide = tiny(K=4, T=3)
+    model, guide = tiny(K=4, T=3, competition_lambda=lam)
     x = torch.rand(5, 3, 16, 16)
     beta, gamma = 2.5, 0.7
     pyro.set_rng_seed(123)
-    loss = econ_loss(model, guide, x, beta=beta, gamma=gamma, lam=lam)
+    loss = econ_loss(model, guide, x, beta=beta, gamma=gamma)
     pyro.set_rng_seed(123)  # same noise and winners as inside the loss
-    trace = poutine.trace(Competition(lam=lam)(guide)).get_trace(x)
+    trace = poutine.trace(Competition()(guide)).get_trace(x)
     with torch.no_grad():
         expected = _hand_eq13(model, guide, x, trace, beta, gamma)
     assert torch.allclose(loss.detach(), expected, rtol=1e-5), (loss.item(), expected.item())
@@ -263,9 +278,9 @@ def test_losing_experts_get_exactly_zero_gradient():
     model, guide = tiny(K=4, T=2)
     x = torch.rand(1, 3, 16, 16)
     pyro.set_rng_seed(7)
-    loss = econ_loss(model, guide, x, beta=1.0, gamma=1.0, lam=1.0)
+    loss = econ_loss(model, guide, x, beta=1.0, gamma=1.0)
     pyro.set_rng_seed(7)
-    trace = poutine.trace(Competition(lam=1.0)(guide)).get_trace(x)
+    trace = poutine.trace(Competition()(guide)).get_trace(x)
     winners = {int(trace.nodes[f"k_{t}"]["value"]) for t in (1, 2)}
     losers = sorted(set(range(4)) - winners)
     assert losers

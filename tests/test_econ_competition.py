@@ -25,9 +25,9 @@ from test_econ import tiny as tiny_econ
 BETA, GAMMA = 2.5, 0.7
 
 
-def tiny():
+def tiny(**competition):
     torch.manual_seed(0)
-    return tiny_econ(K=3, T=3, latent=2)
+    return tiny_econ(K=3, T=3, latent=2, **competition)
 
 
 @pytest.fixture(autouse=True)
@@ -100,8 +100,9 @@ class KnownNoise:
         torch.randn_like = self.saved
 
 
-def check_against_reference(model, guide, x, lam, handler=Competition, seed=11, per_pixel=False):
-    """Assert that the library's competition, z sites, loss and gradients equal the reference."""
+def check_against_reference(model, guide, x, lam, seed=11, per_pixel=False):
+    """Assert that the library's competition, z sites, loss and gradients equal the reference
+    with objective ``lam`` and ``per_pixel`` (the guide's own settings are the ones under test)."""
     params = [p for m in (model, guide) for p in m.parameters()]
     gen = torch.Generator().manual_seed(seed)
     noises = [torch.randn(x.shape[0], model.num_experts, model.latent_dim, generator=gen) for _ in range(model.num_layers)]
@@ -109,7 +110,7 @@ def check_against_reference(model, guide, x, lam, handler=Competition, seed=11, 
     grad_ref = torch.autograd.grad(loss_ref, params, allow_unused=True)
 
     with KnownNoise(noises):
-        trace = poutine.trace(handler(lam=lam, greedy=True, per_pixel=per_pixel)(guide)).get_trace(x)
+        trace = poutine.trace(Competition(greedy=True)(guide)).get_trace(x)
     T = model.num_layers
     for i, t in enumerate(range(T, 0, -1)):
         node = trace.nodes[f"k_{t}"]
@@ -119,7 +120,7 @@ def check_against_reference(model, guide, x, lam, handler=Competition, seed=11, 
 
     elbo = pyro.infer.TraceMeanField_ELBO()
     with KnownNoise(noises), ScaleSites({"z_*": BETA, "r_*": GAMMA}):
-        loss = elbo.differentiable_loss(model, handler(lam=lam, greedy=True, per_pixel=per_pixel)(guide), x) / x.shape[0]
+        loss = elbo.differentiable_loss(model, Competition(greedy=True)(guide), x) / x.shape[0]
     assert torch.allclose(loss, loss_ref, rtol=1e-5), (loss.item(), loss_ref.item())
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     dense = lambda gs: [torch.zeros_like(p) if g is None else g for p, g in zip(params, gs)]  # noqa: E731
@@ -131,39 +132,34 @@ def check_against_reference(model, guide, x, lam, handler=Competition, seed=11, 
 
 @pytest.mark.parametrize("lam, per_pixel", [(1.0, False), (0.0, False), (1.0, True)])
 def test_competition_loss_and_gradients_equal_the_reference(lam, per_pixel):
-    model, guide = tiny()
+    model, guide = tiny(competition_lambda=lam, competition_per_pixel=per_pixel)
     x = torch.rand(4, 3, 16, 16)
     check_against_reference(model, guide, x, lam, per_pixel=per_pixel)
 
 
 def test_per_pixel_changes_the_winners():
-    model, guide = tiny()
+    model, guide = tiny(competition_per_pixel=False)
     x = torch.rand(4, 3, 16, 16)
     with pytest.raises(AssertionError, match="scores"):
-        check_against_reference(model, guide, x, 1.0, handler=lambda **kw: Competition(**{**kw, "per_pixel": False}), per_pixel=True)
+        check_against_reference(model, guide, x, 1.0, per_pixel=True)
 
 
-class MeanScores(Competition):
-    def scores(self, terms):
-        return (self.lam * terms["L_x"] + terms["L_r"]) / (3 * 16 * 16)  # per pixel value, not summed
+WRONG_OBJECTIVES = {
+    "mean, not summed": lambda terms, lam, per_pixel: (lam * terms["L_x"] + terms["L_r"]) / (3 * 16 * 16),
+    "gamma-weighted L_r": lambda terms, lam, per_pixel: lam * terms["L_x"] + GAMMA * terms["L_r"],
+    "wrong sign": lambda terms, lam, per_pixel: -(lam * terms["L_x"] + terms["L_r"]),
+}
 
 
-class GammaWeightedLr(Competition):
-    def scores(self, terms):
-        return self.lam * terms["L_x"] + GAMMA * terms["L_r"]
+@pytest.mark.parametrize("wrong", WRONG_OBJECTIVES)
+def test_a_wrong_competition_objective_fails_the_reference(monkeypatch, wrong):
+    import guides.econ as guide_module
 
-
-class WrongSign(Competition):
-    def scores(self, terms):
-        return -(self.lam * terms["L_x"] + terms["L_r"])
-
-
-@pytest.mark.parametrize("wrong", [MeanScores, GammaWeightedLr, WrongSign])
-def test_a_wrong_competition_objective_fails_the_reference(wrong):
     model, guide = tiny()
     x = torch.rand(4, 3, 16, 16)
+    monkeypatch.setattr(guide_module, "competition_score", WRONG_OBJECTIVES[wrong])
     with pytest.raises(AssertionError):
-        check_against_reference(model, guide, x, 1.0, handler=wrong)
+        check_against_reference(model, guide, x, 1.0)
 
 
 def detach_the_region(monkeypatch):
@@ -203,18 +199,18 @@ def test_temperature_divides_the_scores_of_the_draw():
     import pyro.distributions as dist
 
     n = 40000
-    terms = {"L_x": torch.tensor([[100.0, 300.0, 200.0]]).expand(n, 3), "L_r": torch.zeros(n, 3)}
+    scores = torch.tensor([[100.0, 300.0, 200.0]]).expand(n, 3)
 
     def site():
         with pyro.plate("n", n):
-            return pyro.sample("k_1", dist.Categorical(logits=torch.zeros(3)), infer={"competition": terms})
+            return pyro.sample("k_1", dist.Categorical(logits=torch.zeros(3)), infer={"competition_scores": scores})
 
     pyro.set_rng_seed(0)
-    k = Competition(lam=1.0, temperature=100.0)(site)()
+    k = Competition(temperature=100.0)(site)()
     freq = torch.bincount(k, minlength=3).float() / n
     assert torch.allclose(freq, torch.softmax(-torch.tensor([1.0, 3.0, 2.0]), 0), atol=0.01)
-    assert (Competition(lam=1.0)(site)() == 0).all()  # temperature 1: exp(-100) odds, an argmin in practice
-    assert (Competition(lam=1.0, temperature=1e6, greedy=True)(site)() == 0).all()  # greedy ignores it
+    assert (Competition()(site)() == 0).all()  # temperature 1: exp(-100) odds, an argmin in practice
+    assert (Competition(temperature=1e6, greedy=True)(site)() == 0).all()  # greedy ignores it
     with pytest.raises(ValueError, match="temperature"):
         Competition(temperature=0.0)
 
@@ -228,7 +224,7 @@ def test_geometric_schedule():
         Geometric(0.0, 1.0, 0, 10)
 
 
-def test_recipe_loss_takes_beta_gamma_lambda_greedy_and_temperature_from_the_config(monkeypatch):
+def test_recipe_loss_takes_beta_gamma_greedy_and_temperature_from_the_config(monkeypatch):
     import inference.objectives as objectives
 
     recipe = ECONRecipe()
@@ -243,22 +239,30 @@ def test_recipe_loss_takes_beta_gamma_lambda_greedy_and_temperature_from_the_con
 
     monkeypatch.setattr(objectives, "econ_loss", spy)
     _, logs = recipe.loss(None, None, torch.zeros(1), 50, config)
-    assert seen == dict(beta=1.5, gamma=0.25, lam=0.75, greedy=True, temperature=pytest.approx(40.0), per_pixel=True)
+    assert seen == dict(beta=1.5, gamma=0.25, greedy=True, temperature=pytest.approx(40.0))
     assert logs["temperature"] == pytest.approx(40.0)
     recipe.loss(None, None, torch.zeros(1), 500, config)
     assert seen["temperature"] == pytest.approx(4.0)
 
 
+def test_the_recipe_gives_lambda_and_the_per_pixel_score_to_the_guide_alone():
+    recipe = ECONRecipe()
+    config = recipe.default_config("sprites-unique")
+    config.update(lam=0.75, competition_per_pixel=False, image_size=16)
+    _, guide = recipe.build(config, torch.device("cpu"))
+    assert guide.competition_lambda == 0.75 and guide.competition_per_pixel is False
+
+
 def test_recipe_loss_is_econ_loss_with_the_config():
     recipe = ECONRecipe()
     config = recipe.default_config("sprites-unique")
-    config.update(beta=1.5, gamma=0.25, lam=0.75, greedy=True)
+    config.update(beta=1.5, gamma=0.25, greedy=True)
     model, guide = tiny()
     x = torch.rand(2, 3, 16, 16)
     torch.manual_seed(3)
     loss, _ = recipe.loss(model, guide, x, 0, config)
     torch.manual_seed(3)
-    same = econ_loss(model, guide, x, beta=1.5, gamma=0.25, lam=0.75, greedy=True, per_pixel=config["competition_per_pixel"])
+    same = econ_loss(model, guide, x, beta=1.5, gamma=0.25, greedy=True)
     torch.manual_seed(3)
-    other = econ_loss(model, guide, x, beta=3.0, gamma=0.25, lam=0.75, greedy=True, per_pixel=config["competition_per_pixel"])
+    other = econ_loss(model, guide, x, beta=3.0, gamma=0.25, greedy=True)
     assert torch.equal(loss, same) and not torch.allclose(loss, other)

@@ -1,17 +1,17 @@
 """Competition of experts, ECON section 5.2, as a ``pyro.poutine`` messenger.
 
-At every guide site that carries competition terms in ``infer["competition"]`` (ECONGuide's
-``k_t``: each expert's ``L_x`` and ``L_r`` at this step, shape ``(..., K)``) the messenger
-scores the experts by ``lambda * L_x(k) + L_r(k)``, picks the winner stochastically with
+At every guide site that carries competition scores in ``infer["competition_scores"]``
+(ECONGuide's ``k_t``: each expert's ``lambda * L_x(k) + L_r(k)`` at this step, shape
+``(..., K)``; the guide owns the objective) the messenger picks the winner stochastically with
 ``P(k) ~ exp(-score / temperature)`` (or greedily by argmin) and replaces the site's
 distribution by a point mass at the winner. A point mass has log-density 0 and no
 score-function term, so ``k_t`` adds no REINFORCE gradient and the loss contains only the
 winner's terms: the greedy maximisation of eq. (13) over k_{1:T} that the paper describes.
 
-The per-pixel score and the temperature are this project's additions (docs/econ.md, "What we
-tried"): section 5.2 leaves the competition objective to the implementer. With the literal sums
-at sigma_x = 0.1 the gaps between experts are hundreds to thousands of nats, the draw is an
-argmin in practice, and it goes to the expert with the smallest region.
+The temperature is this project's addition (docs/econ.md, "What we tried"), as is the guide's
+per-pixel score: section 5.2 leaves the competition objective to the implementer. With the
+literal sums at sigma_x = 0.1 the gaps between experts are hundreds to thousands of nats, the
+draw is an argmin in practice, and it goes to the expert with the smallest region.
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ import torch
 from pyro.distributions import TorchDistribution, constraints
 from pyro.distributions.score_parts import ScoreParts
 from pyro.poutine.messenger import Messenger
-
-from pyro_scenes.econ import competition_score
 
 
 class Winner(TorchDistribution):
@@ -62,42 +60,27 @@ class Winner(TorchDistribution):
 class Competition(Messenger):
     """Pick the winning expert at each ``k_t`` site of a guide (ECON section 5.2).
 
-    :param lam: lambda, the weight of the appearance term L_x in the competition objective
-        (the paper uses L_x + L_r for unique colours and L_r alone, lambda = 0, for random colours).
     :param greedy: take the argmin of the score instead of sampling ``P(k) ~ exp(-score / temperature)``.
     :param temperature: divides the scores before the draw (1: the literal ``exp(-score)``).
-    :param per_pixel: score each expert per pixel of its region, ``(lambda L_x + L_r) / |r~_k|``
-        (with ``|r~_k| = sum r~_k``, at least 1), instead of summed over it. The summed score
-        favours the expert with the smallest region whatever its fit (docs/econ.md); needs
-        ``area`` among the terms.
 
     Use it on the guide only::
 
-        loss = elbo.differentiable_loss(model, Competition(lam=1.0)(guide), x)
+        loss = elbo.differentiable_loss(model, Competition()(guide), x)
     """
 
-    def __init__(self, lam: float = 1.0, greedy: bool = False, temperature: float = 1.0, per_pixel: bool = False):
+    def __init__(self, greedy: bool = False, temperature: float = 1.0):
         super().__init__()
-        if not lam >= 0:
-            raise ValueError(f"Competition: lambda must be >= 0, got {lam}")
         if not temperature > 0:
             raise ValueError(f"Competition: temperature must be > 0, got {temperature}")
-        self.lam, self.greedy, self.temperature = float(lam), bool(greedy), float(temperature)
-        self.per_pixel = bool(per_pixel)
-
-    def scores(self, terms) -> torch.Tensor:
-        """The competition objective lambda * L_x + L_r (per pixel of the region if ``per_pixel``), shape (..., K)."""
-        return competition_score(terms, self.lam, self.per_pixel)
+        self.greedy, self.temperature = bool(greedy), float(temperature)
 
     def _pyro_sample(self, msg):
-        terms = msg["infer"].get("competition")
-        if terms is None or msg["is_observed"] or msg["value"] is not None:
+        score = msg["infer"].get("competition_scores")
+        if score is None or msg["is_observed"] or msg["value"] is not None:
             return
-        score = self.scores(terms)
         shape = msg["fn"].batch_shape
         if self.greedy:
             winner = score.argmin(-1).expand(shape)
         else:
             winner = dist.Categorical(logits=-score / self.temperature).expand(shape).sample()
         msg["fn"] = Winner(winner, score.shape[-1])
-        msg["infer"]["competition_scores"] = score

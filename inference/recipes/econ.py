@@ -119,8 +119,8 @@ class ECONRecipe(Recipe):
 
         config = with_legacy_defaults(config)
         temperature = self.temperature(step, config)
-        loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], lam=config["lam"],
-                         greedy=config["greedy"], temperature=temperature, per_pixel=config["competition_per_pixel"])
+        loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], greedy=config["greedy"],
+                         temperature=temperature)
         return loss, {"temperature": temperature}
 
     @staticmethod
