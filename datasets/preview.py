@@ -7,7 +7,8 @@ Each tile shows the scene with the ground-truth boxes and labels drawn on it (sp
 arrow scenes also get the outlines of the visible regions; arrow scenes mark the odd object and
 the arrow's axis), and next to it the segmentation (background black, one colour per object).
 The PNG is written atomically (temporary file + ``os.replace``); on any error nothing is
-written and the exit status is non-zero.
+written and the exit status is non-zero: 2 for bad input (options, digit files, an unwritable
+``--out``), as for ``python -m inference.svi``.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .cache import atomic_write
+from .files import atomic_write
 from .errors import DatasetError
 from .registry import DATASET_NAMES, make_dataset
 
@@ -27,6 +28,8 @@ PALETTE = np.array([
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
     (0, 128, 128), (220, 190, 255)], dtype=np.uint8)
 _TILE = 256
+#: the most scenes in one grid (8 x 8 tiles of 512 x 256 pixels); more take long and show nothing more
+MAX_NUM = 64
 
 
 def _font(size: int):
@@ -130,7 +133,7 @@ def save_png_atomic(image, out: Path) -> None:
               help="Dataset name.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Output PNG file (its folder must exist).")
-@click.option("--num", default=16, show_default=True, type=int, help="Number of scenes.")
+@click.option("--num", default=16, show_default=True, type=int, help=f"Number of scenes (1 to {MAX_NUM}).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base seed.")
 @click.option("--split", default="train", show_default=True,
               type=click.Choice(["train", "val", "test"]))
@@ -141,8 +144,9 @@ def save_png_atomic(image, out: Path) -> None:
 def main(name, out, num, seed, split, image_size, mnist_path):
     """Write a PNG grid of NUM scenes of DATASET with ground-truth overlays."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if num < 1:
-        raise click.BadParameter(f"must be >= 1, got {num}", param_hint="--num")
+    if not 1 <= num <= MAX_NUM:
+        raise click.BadParameter(f"must be between 1 and {MAX_NUM}, got {num} (for more scenes, write several "
+                                 f"grids with different --seed)", param_hint="--num")
     if out.suffix.lower() != ".png":
         raise click.BadParameter(f"{out} must end in .png", param_hint="--out")
     if not out.parent.is_dir():
@@ -155,13 +159,13 @@ def main(name, out, num, seed, split, image_size, mnist_path):
         opts["mnist_path"] = mnist_path
     try:
         ds = make_dataset(name, split, num_scenes=num, image_size=image_size, seed=seed, **opts)
-        batch = ds.generate(range(num))
-        grid = render_grid(name, batch)
-        save_png_atomic(grid, out)
+        grid = render_grid(name, ds.generate(range(num)))
     except DatasetError as e:
-        raise click.ClickException(str(e)) from None
+        raise click.UsageError(str(e)) from None
+    try:
+        save_png_atomic(grid, out)
     except OSError as e:
-        raise click.ClickException(f"cannot write {out}: {e}") from None
+        raise click.BadParameter(f"cannot write {out}: {e.strerror or e}", param_hint="--out") from None
     click.echo(f"wrote {out} ({num} {name} scenes, {grid.width}x{grid.height} px)")
 
 
