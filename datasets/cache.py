@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .errors import DatasetError
+from .files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -133,41 +133,13 @@ def write_split(dataset, path: str | os.PathLike, batch_size: int = 256,
         },
     }
     arrays["__meta__"] = np.array(json.dumps(info))
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
-    try:  # make the rename durable too
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # pragma: no cover - e.g. platforms without directory fsync
-        pass
-    return path
+    return atomic_write(path, lambda f: np.savez_compressed(f, **arrays))
 
 
 def default_cache_dir() -> Path:
     """The cache folder of datasets, S-Acc checkers and the like: ``$PYRO_SCENES_CACHE``, else ``~/.cache/pyro_scenes``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "pyro_scenes"
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, fsync it and rename it over
-    ``path``; on any error the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 class CachedDataset(Dataset):
