@@ -120,90 +120,11 @@ class ArrowScenes(SceneDataset):
 
     def _generate(self, idx: np.ndarray) -> Batch:
         b, S = idx.size, self.image_size
-        rng = ItemRNG(self.seed, idx)
-        ar = np.arange(b)
-        # -- parameters (fixed number of draws per scene)
-        horizon = rng.uniform_np(low=0.35 * S, high=0.5 * S)                  # (B,)
-        wall = rng.uniform(3, low=0.35, high=0.75)
-        floor = rng.uniform(3, low=0.25, high=0.6)
-        coarse = rng.uniform(8, 8, low=-1.0, high=1.0)
-        fine = rng.uniform(32, 32, low=-1.0, high=1.0)
-        odd_cls = rng.randint(0, 3).numpy()
-        shared_cls = (odd_cls + 1 + rng.randint(0, 2).numpy()) % 3
-        odd_slot = rng.randint(0, 3).numpy()
-        cols = rng.permutation(3).numpy()
-        jitter = rng.uniform_np(3, low=-0.13, high=0.13) * S
-        t = rng.uniform_np(3)
-        size_jit = rng.uniform_np(3, low=0.9, high=1.1)
-        colors = rng.uniform(3, 3, low=0.15, high=0.95)
-        arrow_c = np.stack([rng.uniform_np(low=0.35 * S, high=0.65 * S),
-                            rng.uniform_np(low=0.84 * S, high=0.88 * S)], -1)  # (B, 2)
-        arrow_col = rng.uniform(3, low=0.75, high=1.0)
-        # -- object geometry in placement order
-        labels = np.where(np.arange(3)[None] == odd_slot[:, None], odd_cls[:, None],
-                          shared_cls[:, None])
-        base = horizon[:, None] + 0.08 * S + t * (_OBJ_BOTTOM_MAX * S - horizon[:, None]
-                                                   - 0.08 * S)
-        s = S * (0.08 + 0.06 * t) * size_jit
-        cx = np.clip((cols + 0.5) * S / 3 + jitter, s, S - s)
-        cy = base - s
-        # -- depth order: farther (smaller base y) first
-        order = np.argsort(base, axis=1, kind="stable")
-        take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-        labels, base, s, cx, cy = take(labels), take(base), take(s), take(cx), take(cy)
-        colors = colors[torch.from_numpy(ar)[:, None], torch.from_numpy(order)]
-        odd_index = np.argmax(order == odd_slot[:, None], axis=1)
-        # -- arrow direction: from its centre to the odd object's centre
-        target = np.stack([cx[ar, odd_index], cy[ar, odd_index]], -1)
-        d = target - arrow_c
-        d = d / np.sqrt((d ** 2).sum(-1, keepdims=True))
-        half = _ARROW_LEN * S / 2
-        tip = arrow_c + d * half
-        tail = arrow_c - d * half
-
-        f = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float()  # noqa: E731
-        xs, ys = pixel_grid(S)
-        xs, ys = xs[0], ys[0]                                                  # (1,1,W),(1,H,1)
-        # -- background: wall above the horizon, floor below, gradients and value noise
-        hz = f(horizon).view(b, 1, 1)
-        on_floor = (ys - hz + 0.5).clamp(0, 1)                                 # (B, H, 1)
-        wall_shade = 0.85 + 0.25 * (1 - ys / hz).clamp(0, 1)
-        floor_shade = 0.7 + 0.45 * ((ys - hz) / (S - hz)).clamp(0, 1)
-        noise = 1 + 0.07 * upsample_bilinear(coarse, S) + 0.04 * upsample_bilinear(fine, S)
-        img = (wall[:, :, None, None] * (wall_shade * (1 - on_floor))[:, None]
-               + floor[:, :, None, None] * (floor_shade * on_floor)[:, None])
-        img = img * noise[:, None]
-        # soft shadows on the floor
-        for i in range(3):
-            sx = f(cx[:, i] + 0.25 * s[:, i]).view(b, 1, 1)
-            sy = f(base[:, i]).view(b, 1, 1)
-            rx, ry = f(1.2 * s[:, i]).view(b, 1, 1), f(0.3 * s[:, i]).view(b, 1, 1)
-            r = (((xs - sx) / rx) ** 2 + ((ys - sy) / ry) ** 2).sqrt()
-            img = img * (1 - 0.35 * ((1 - r) * 2).clamp(0, 1))[:, None]
-        # the arrow, painted on the floor
-        ax, ay = f(arrow_c[:, 0]).view(b, 1, 1), f(arrow_c[:, 1]).view(b, 1, 1)
-        ux, uy = f(d[:, 0]).view(b, 1, 1), f(d[:, 1]).view(b, 1, 1)
-        u = (xs - ax) * ux + (ys - ay) * uy
-        v = ((ys - ay) * ux - (xs - ax) * uy).abs()
-        hl, hh, sw = _ARROW_HEAD_LEN * S, _ARROW_HEAD * S, _ARROW_SHAFT * S
-        sd_shaft = torch.maximum(torch.maximum(-half - u, u - (half - hl)), v - sw)
-        norm = math.sqrt(hl * hl + hh * hh)
-        sd_head = torch.maximum((half - hl) - u, (v * hl - hh * (half - u)) / norm)
-        arrow_cov = (0.5 - torch.minimum(sd_shaft, sd_head)).clamp(0, 1)       # (B, H, W)
-        img = img + arrow_cov[:, None] * (arrow_col[:, :, None, None] - img)
-        # -- objects, back to front
-        cov = torch.empty(b * 3, S, S)
-        shade = torch.empty(b * 3, S, S)
-        fl = torch.from_numpy(labels.reshape(-1))
-        fcx, fcy, fs = f(cx.reshape(-1)), f(cy.reshape(-1)), f(s.reshape(-1))
-        for cls in (CUBE, SPHERE, CYLINDER):
-            sel = (fl == cls).nonzero().squeeze(1)
-            if sel.numel():
-                cov[sel], shade[sel] = object_layers(cls, fcx[sel], fcy[sel], fs[sel], S)
-        cov, shade = cov.view(b, 3, S, S), shade.view(b, 3, S, S)
-        for i in range(3):
-            obj = (colors[:, i, :, None, None] * shade[:, i, None]).clamp(0, 1)
-            img = img + cov[:, i, None] * (obj - img)
+        g = _layout(_draw(ItemRNG(self.seed, idx), S), S)
+        arrow_cov = _arrow_coverage(g, S)
+        img = _shadows(_background(g, S), g, S)
+        img = img + arrow_cov[:, None] * (g["arrow_col"][:, :, None, None] - img)  # painted on the floor
+        cov, img = _paint_objects(img, g, S)
         masks = cov >= 0.5
         visible, seg = layer(masks)
         arrow_mask = arrow_cov >= 0.5
@@ -212,15 +133,128 @@ class ArrowScenes(SceneDataset):
             "num_objects": torch.full((b,), 3, dtype=torch.long),
             "valid": torch.ones(b, 3, dtype=torch.bool),
             "boxes": boxes_from_masks(masks),
-            "labels": torch.from_numpy(labels).long(),
+            "labels": torch.from_numpy(g["labels"]).long(),
             "masks": masks,
             "visible_masks": visible,
             "segmentation": seg,
-            "odd_index": torch.from_numpy(odd_index).long(),
+            "odd_index": torch.from_numpy(g["odd_index"]).long(),
             "arrow_box": boxes_from_masks(arrow_mask),
             "arrow_mask": arrow_mask,
-            "arrow_tail": f(tail),
-            "arrow_tip": f(tip),
-            "centers": f(np.stack([cx, cy], -1)),
-            "colors": colors,
+            "arrow_tail": _float(g["tail"]),
+            "arrow_tip": _float(g["tip"]),
+            "centers": _float(np.stack([g["cx"], g["cy"]], -1)),
+            "colors": g["colors"],
         }
+
+
+def _float(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).float()
+
+
+def _draw(rng: ItemRNG, S: int) -> dict:
+    """Every random number of a batch of scenes, drawn in a fixed order (a fixed count per scene)."""
+    p = dict(horizon=rng.uniform_np(low=0.35 * S, high=0.5 * S),                  # (B,)
+             wall=rng.uniform(3, low=0.35, high=0.75),
+             floor=rng.uniform(3, low=0.25, high=0.6),
+             coarse=rng.uniform(8, 8, low=-1.0, high=1.0),
+             fine=rng.uniform(32, 32, low=-1.0, high=1.0),
+             odd_cls=rng.randint(0, 3).numpy())
+    p["shared_cls"] = (p["odd_cls"] + 1 + rng.randint(0, 2).numpy()) % 3
+    p.update(odd_slot=rng.randint(0, 3).numpy(),
+             cols=rng.permutation(3).numpy(),
+             jitter=rng.uniform_np(3, low=-0.13, high=0.13) * S,
+             t=rng.uniform_np(3),
+             size_jit=rng.uniform_np(3, low=0.9, high=1.1),
+             colors=rng.uniform(3, 3, low=0.15, high=0.95),
+             arrow_c=np.stack([rng.uniform_np(low=0.35 * S, high=0.65 * S),
+                               rng.uniform_np(low=0.84 * S, high=0.88 * S)], -1),  # (B, 2)
+             arrow_col=rng.uniform(3, low=0.75, high=1.0))
+    return p
+
+
+def _layout(p: dict, S: int) -> dict:
+    """``p`` with the objects' classes, sizes and centres in depth order (farther, i.e. smaller
+    base y, first), the odd object's index and the arrow's direction and ends."""
+    ar = np.arange(len(p["horizon"]))
+    labels = np.where(np.arange(3)[None] == p["odd_slot"][:, None], p["odd_cls"][:, None], p["shared_cls"][:, None])
+    horizon, t = p["horizon"][:, None], p["t"]
+    base = horizon + 0.08 * S + t * (_OBJ_BOTTOM_MAX * S - horizon - 0.08 * S)
+    s = S * (0.08 + 0.06 * t) * p["size_jit"]
+    cx = np.clip((p["cols"] + 0.5) * S / 3 + p["jitter"], s, S - s)
+    order = np.argsort(base, axis=1, kind="stable")
+    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+    g = dict(p, labels=take(labels), base=take(base), s=take(s), cx=take(cx), cy=take(base - s),
+             colors=p["colors"][torch.from_numpy(ar)[:, None], torch.from_numpy(order)],
+             odd_index=np.argmax(order == p["odd_slot"][:, None], axis=1))
+    # the arrow points from its centre to the odd object's centre
+    target = np.stack([g["cx"][ar, g["odd_index"]], g["cy"][ar, g["odd_index"]]], -1)
+    d = target - p["arrow_c"]
+    g["d"] = d / np.sqrt((d ** 2).sum(-1, keepdims=True))
+    g["half"] = _ARROW_LEN * S / 2
+    g["tip"], g["tail"] = p["arrow_c"] + g["d"] * g["half"], p["arrow_c"] - g["d"] * g["half"]
+    return g
+
+
+def _grid(S: int):
+    xs, ys = pixel_grid(S)
+    return xs[0], ys[0]                                                          # (1,1,W),(1,H,1)
+
+
+def _background(g: dict, S: int) -> torch.Tensor:
+    """Wall above the horizon, floor below, shading gradients and value noise: (B, 3, H, W)."""
+    xs, ys = _grid(S)
+    hz = _float(g["horizon"]).view(-1, 1, 1)
+    on_floor = (ys - hz + 0.5).clamp(0, 1)                                       # (B, H, 1)
+    wall_shade = 0.85 + 0.25 * (1 - ys / hz).clamp(0, 1)
+    floor_shade = 0.7 + 0.45 * ((ys - hz) / (S - hz)).clamp(0, 1)
+    noise = 1 + 0.07 * upsample_bilinear(g["coarse"], S) + 0.04 * upsample_bilinear(g["fine"], S)
+    img = (g["wall"][:, :, None, None] * (wall_shade * (1 - on_floor))[:, None]
+           + g["floor"][:, :, None, None] * (floor_shade * on_floor)[:, None])
+    return img * noise[:, None]
+
+
+def _shadows(img: torch.Tensor, g: dict, S: int) -> torch.Tensor:
+    """``img`` darkened by each object's soft shadow on the floor."""
+    xs, ys = _grid(S)
+    b = img.shape[0]
+    cx, base, s = g["cx"], g["base"], g["s"]
+    for i in range(3):
+        sx = _float(cx[:, i] + 0.25 * s[:, i]).view(b, 1, 1)
+        sy = _float(base[:, i]).view(b, 1, 1)
+        rx, ry = _float(1.2 * s[:, i]).view(b, 1, 1), _float(0.3 * s[:, i]).view(b, 1, 1)
+        r = (((xs - sx) / rx) ** 2 + ((ys - sy) / ry) ** 2).sqrt()
+        img = img * (1 - 0.35 * ((1 - r) * 2).clamp(0, 1))[:, None]
+    return img
+
+
+def _arrow_coverage(g: dict, S: int) -> torch.Tensor:
+    """The arrow's pixel coverage (B, H, W): a shaft and a triangular head."""
+    xs, ys = _grid(S)
+    b, half = len(g["d"]), g["half"]
+    ax, ay = _float(g["arrow_c"][:, 0]).view(b, 1, 1), _float(g["arrow_c"][:, 1]).view(b, 1, 1)
+    ux, uy = _float(g["d"][:, 0]).view(b, 1, 1), _float(g["d"][:, 1]).view(b, 1, 1)
+    u = (xs - ax) * ux + (ys - ay) * uy
+    v = ((ys - ay) * ux - (xs - ax) * uy).abs()
+    hl, hh, sw = _ARROW_HEAD_LEN * S, _ARROW_HEAD * S, _ARROW_SHAFT * S
+    sd_shaft = torch.maximum(torch.maximum(-half - u, u - (half - hl)), v - sw)
+    norm = math.sqrt(hl * hl + hh * hh)
+    sd_head = torch.maximum((half - hl) - u, (v * hl - hh * (half - u)) / norm)
+    return (0.5 - torch.minimum(sd_shaft, sd_head)).clamp(0, 1)
+
+
+def _paint_objects(img: torch.Tensor, g: dict, S: int):
+    """The objects' coverage (B, 3, H, W) and ``img`` with them painted back to front."""
+    b = img.shape[0]
+    cov = torch.empty(b * 3, S, S)
+    shade = torch.empty(b * 3, S, S)
+    fl = torch.from_numpy(g["labels"].reshape(-1))
+    fcx, fcy, fs = _float(g["cx"].reshape(-1)), _float(g["cy"].reshape(-1)), _float(g["s"].reshape(-1))
+    for cls in (CUBE, SPHERE, CYLINDER):
+        sel = (fl == cls).nonzero().squeeze(1)
+        if sel.numel():
+            cov[sel], shade[sel] = object_layers(cls, fcx[sel], fcy[sel], fs[sel], S)
+    cov, shade = cov.view(b, 3, S, S), shade.view(b, 3, S, S)
+    for i in range(3):
+        obj = (g["colors"][:, i, :, None, None] * shade[:, i, None]).clamp(0, 1)
+        img = img + cov[:, i, None] * (obj - img)
+    return cov, img

@@ -166,15 +166,6 @@ def boxes_from_masks(masks: torch.Tensor) -> torch.Tensor:
     return box.masked_fill(empty[..., None], 0.0)
 
 
-def pad_objects(t: torch.Tensor, max_objects: int, value=0) -> torch.Tensor:
-    """Pad dim 1 (objects) of a batched tensor to ``max_objects``."""
-    n = t.shape[1]
-    if n == max_objects:
-        return t
-    pad = torch.full((t.shape[0], max_objects - n) + tuple(t.shape[2:]), value, dtype=t.dtype)
-    return torch.cat([t, pad], 1)
-
-
 def pixel_grid(size: int, dtype=torch.float32):
     """Pixel-centre coordinates: xs (1, 1, 1, W) and ys (1, 1, H, 1), centres at i + 0.5."""
     c = torch.arange(size, dtype=dtype) + 0.5

@@ -96,8 +96,3 @@ def split_experts(x: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Inverse of :func:`merge_experts`."""
     return x.reshape(x.shape[0], num_experts, x.shape[1] // num_experts, *x.shape[2:])
 
-
-def select_expert(x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
-    """Pick ``x[n, experts[n]]`` from an all-experts tensor ``(N, K, ...)`` -> ``(N, ...)``."""
-    index = experts.reshape(-1, *([1] * (x.dim() - 1))).expand(-1, 1, *x.shape[2:])
-    return x.gather(1, index).squeeze(1)
