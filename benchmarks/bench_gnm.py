@@ -4,7 +4,7 @@
 
 Prints (1) the time of one training step (loss under all handlers, backward, gradient clipping,
 RMSprop) at batch 32 with ``GNM.preset("mnist")`` (targets: <= 0.7 s; the authors' code takes
-0.7-1.1 s here, SPEC.md), and (2) the Pyro overhead: that Pyro step divided by the same step with
+0.7-1.1 s here, docs/gnm.md "Speed"), and (2) the Pyro overhead: that Pyro step divided by the same step with
 a hand-written PyTorch computation of the same loss with the same networks (target <= 1.15).
 Both steps are timed interleaved (ABAB...) and the medians compared, so machine load drifts hit
 both alike. A third variant, the hand-written step with the straightforward kernels a plain
@@ -38,7 +38,7 @@ def _kl_bern(ql, pl):
 
 
 def torch_loss(model, guide, x, step, config, schedules):
-    """The GNM training loss (SPEC.md) in plain PyTorch with the same networks, without Pyro."""
+    """The GNM training loss (docs/gnm.md, "Training objective") in plain PyTorch with the same networks, without Pyro."""
     cfg = model.cfg
     B = x.shape[0]
     s = {k: f(step) for k, f in schedules.items()}

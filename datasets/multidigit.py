@@ -1,4 +1,4 @@
-"""GNM's multi-digit scenes: MNIST-4, MNIST-10 and their mix MNIST-4-10 (SPEC.md rules)."""
+"""GNM's multi-digit scenes: MNIST-4, MNIST-10 and their mix MNIST-4-10 (rules in docs/datasets.md)."""
 from __future__ import annotations
 
 import os
@@ -20,7 +20,7 @@ _MIN_DIST = 0.8  # in digit-patch sizes, between digits of one MNIST-10 quadrant
 
 
 class MultiDigit(SceneDataset):
-    """GNM multi-digit scenes on a black background (rules in SPEC.md, "GNM datasets").
+    """GNM multi-digit scenes on a black background (rules in docs/datasets.md, "GNM multi-digit scenes").
 
     * ``mnist4``: digits n, n+1, n+2, n+3 (n uniform in 0..6) centred on the corners of an
       axis-aligned rectangle with random position, width and height, clockwise from top-left

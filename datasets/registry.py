@@ -14,7 +14,7 @@ DATASET_NAMES = ("sprites-unique", "sprites-random", "mnist4", "mnist10", "mnist
 SPLITS = ("train", "val", "test")
 
 #: default number of scenes per split: ECON appendix C.1 (50,000 train / 100 validation; 1,000
-#: test is our choice) and GNM (60k / 6k / 6k, SPEC.md)
+#: test is our choice) and GNM (60k / 6k / 6k, the authors' splits)
 DEFAULT_SIZES = {
     "sprites": {"train": 50_000, "val": 100, "test": 1_000},
     "gnm": {"train": 60_000, "val": 6_000, "test": 6_000},

@@ -16,7 +16,7 @@ from pyro_scenes.gnm.networks import GaussianHead, ImageEncoder, StructDRAWEncod
 class GNMGuide(nn.Module):
     """q(z^g | x) q(z^s | x) q(z_bg | x) for a :class:`~pyro_scenes.GNM` model.
 
-    * image encoder (Table 4 / SPEC.md): ``x -> f^x`` (C x 4 x 4);
+    * image encoder (supplement Table 4; docs/gnm.md, "The guide"): ``x -> f^x`` (C x 4 x 4);
     * q(z^g_l | x): StructDRAW's encoder path (``ConvLSTM_enc`` on ``cat[h_dec, f^x, f^x - f]``,
       ``MLP^int_enc``), run together with the model's own StructDRAW decoder, which turns each
       posterior sample z^g_l into ``h_dec,l`` and the canvas ``f_l`` (Algorithm 1);

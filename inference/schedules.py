@@ -1,7 +1,7 @@
 """Step schedules for annealed hyper-parameters (beta_g, rho, beta_b, z_pres temperature, ...).
 
 A schedule is a callable ``step -> float``. All schedules here are piecewise linear, which is
-what both papers use (GNM supplement section 3; SPEC.md "Schedules").
+what both papers use (GNM supplement section 3; ECON appendix C.3).
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from pyro.distributions import Normal, TorchDistribution, constraints
 from pyro.distributions.util import broadcast_shape
 from torch.distributions import kl_divergence, register_kl
 
-#: probabilities are clamped to [EPS, 1 - EPS] inside logs; zero-scope pixels (q = p = 0, SPEC
-#: "region KL") then contribute exactly 0 with finite gradients.
+#: probabilities are clamped to [EPS, 1 - EPS] inside logs; zero-scope pixels (q = p = 0, outside
+#: the scope in ECON's region KL, eq. 12) then contribute exactly 0 with finite gradients.
 EPS = 1e-6
 
 

@@ -1,4 +1,4 @@
-"""The GNM training loss equals the authors' objective (SPEC.md), recomputed BY HAND.
+"""The GNM training loss equals the authors' objective (Jiang & Ahn 2020, supplement eqs. (1)-(5); docs/gnm.md), recomputed BY HAND.
 
 The reference below is independent of the Pyro program: it wires the same network modules by
 hand (ConvLSTM gates, flattening orders, z^s heads), renders with ``affine_grid``/``grid_sample``
@@ -59,7 +59,7 @@ def stn_inverse(img, where, H, W):
 
 
 def hand_loss(model, guide, x, values, step, rc):
-    """-(ELBO with beta_g) + auxiliary KLs, per image averaged over the batch (SPEC.md)."""
+    """-(ELBO with beta_g) + auxiliary KLs, per image averaged over the batch (docs/gnm.md, "Training objective")."""
     mc = model.cfg
     B, C, H, W = x.shape
     G, L, K = mc.grid, mc.draw_steps, mc.grid ** 2
@@ -123,7 +123,7 @@ def hand_loss(model, guide, x, values, step, rc):
     aux_depth = (kl_divergence(Normal(*q_depth), Normal(0.0, 1.0)).sum(-1) * gate).sum(-1)
     aux_what = (kl_divergence(Normal(*q_what), Normal(0.0, 1.0)).sum(-1) * gate).sum(-1)
 
-    # where transform (SPEC.md) and glimpses
+    # where transform (docs/gnm.md, "Where") and glimpses
     col = torch.arange(K) % G
     row = torch.arange(K) // G
     s = torch.sigmoid(z_where_raw[..., 0])

@@ -1,5 +1,5 @@
 """Auxiliary KL terms against FIXED priors, added to the ELBO loss from the guide (GNM
-supplement eqs. (3)-(5); SPEC.md "Auxiliary KLs").
+supplement eqs. (3)-(5); docs/gnm.md, "Auxiliary KLs").
 
 Design: a messenger on the GUIDE. After each listed guide site is sampled it computes
 ``weight(step) * KL(q_site || prior(step))`` -- optionally gated (multiplied) by the value of an

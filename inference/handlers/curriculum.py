@@ -1,4 +1,4 @@
-"""GNM's fixed-mask curriculum (supplement section 3; SPEC.md: Arrow, first 500 steps).
+"""GNM's fixed-mask curriculum (Jiang & Ahn 2020, supplement section 3: Arrow, first 500 steps).
 
 While active, the renderer uses a constant alpha map (0.9 everywhere: the foreground explains 90%
 of every pixel, the background 10%) and clamps z_pres to at most 0.99 inside the renderer.

@@ -1,7 +1,7 @@
 """Weight latent sites by name: beta-VAE style KL weights and their annealing.
 
 Pyro weights a term by ``poutine.scale``. To weight the KL of a latent site it must be scaled
-in BOTH model and guide (SPEC.md, "Pyro notes": TraceMeanField_ELBO applies the guide's scale to
+in BOTH model and guide (TraceMeanField_ELBO applies the guide's scale to
 an analytic KL, Trace_ELBO scales log p in the model and log q in the guide). ``ScaleSites`` is
 one handler that is applied to both, so the two can never disagree.
 """

@@ -16,7 +16,7 @@ class RelaxationTemperature(Messenger):
     (where the relaxed sample is drawn) and, for consistency of the recorded distributions, to
     the model. A temperature of 0 gives hard (non-reparameterised) samples.
 
-    Example (SPEC.md schedule)::
+    Example (GNM's z_pres schedule, docs/gnm.md)::
 
         tau = RelaxationTemperature(Linear(1.0, 0.5, 1000, 20000), step=step)
         loss = elbo.differentiable_loss(tau(model), tau(guide), x)

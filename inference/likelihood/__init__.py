@@ -2,7 +2,7 @@
 
     log p(x) ~= log (1/K) sum_k p(x, z_k) / q(z_k | x),   z_k ~ q(z | x)
 
-(SPEC.md "LL": log-mean-exp over K = 100 particles of log p(x | z) + sum(log p - log q) over all
+(GNM's protocol, docs/metrics.md "Log-likelihood": log-mean-exp over K = 100 particles of log p(x | z) + sum(log p - log q) over all
 latents). Particles are vectorised: model and guide run under an extra ``pyro.plate`` left of all
 their plates, ``batch_particles`` particles at a time, and the chunks are combined exactly with
 ``logsumexp``. Works for any model/guide pair whose sites all sit in one data plate (the image

@@ -1,6 +1,6 @@
 """GNM on the multi-digit and Arrow scenes: config, data, loss (with its handlers), LL and figures.
 
-The training loss is the authors' objective (SPEC.md; supplement eqs. (1)-(5)), per image and
+The training loss is the authors' objective (Jiang & Ahn 2020, supplement eqs. (1)-(5); docs/gnm.md), per image and
 averaged over the batch::
 
     loss = -E_q[log N(x; render(z), 0.2)]            (x summed over pixels)
@@ -16,7 +16,7 @@ handlers: :class:`~inference.handlers.scale.ScaleSites` (``z_g_*`` by beta_g, mo
 :class:`~inference.handlers.aux_kl.AuxiliaryKL` (guide) and, for Arrow,
 :class:`~inference.handlers.curriculum.FixedMaskCurriculum` (model).
 
-Schedules: ``schedule="authors"`` (default) are the authors' (SPEC.md "Schedules"; beta_g 0 -> 1
+Schedules: ``schedule="authors"`` (default) are the authors' (docs/gnm.md, "Training objective"; beta_g 0 -> 1
 over 100k steps); ``schedule="budget"`` (:data:`SCHEDULES`) fits about 20k steps: z^s and the
 digits are learned with beta_g = 0, then beta_g ramps, then the z^g prior catches up.
 """
@@ -33,7 +33,7 @@ from inference.recipes.base import Recipe
 _MNIST = ("mnist4", "mnist10", "mnist4-10")
 
 #: ``--set schedule=NAME``: the annealing settings each schedule preset fixes. ``authors`` are the
-#: authors' (SPEC.md; supplement section 3); ``budget`` fits about 20,000 steps (not yet validated
+#: authors' (supplement section 3; docs/gnm.md); ``budget`` fits about 20,000 steps (not yet validated
 #: by a full run): beta_g = 0 for steps 0-6k while z^s and the digits are learned (z_pres
 #: temperature 1 -> 0.5 by step 6k), beta_g 0 -> beta_g_end over 6k-14k, then 6k steps at
 #: beta_g_end for the z^g prior to catch up. A ramp that starts at step 0 and is short collapses
@@ -70,7 +70,7 @@ class GNMRecipe(Recipe):
             z_what_dim=32 if arrow else 20,
             # data
             num_train=60_000, num_val=6_000, cache_dir=str(default_cache_dir()),
-            # optimisation (SPEC.md)
+            # optimisation: the authors' (docs/gnm.md, "Commands")
             batch_size=32, lr=1e-4, grad_clip=1.0,
             # schedule preset (SCHEDULES): "authors" or "budget"; it sets the keys below that are
             # left at the authors' values (a key set to another value wins)
@@ -199,7 +199,7 @@ class GNMRecipe(Recipe):
 
     # ------------------------------------------------------------------ loss
     def schedules(self, config: Dict) -> Dict:
-        """Every annealed quantity as a schedule ``step -> value`` (SPEC.md "Schedules"), after the
+        """Every annealed quantity as a schedule ``step -> value`` (docs/gnm.md, "Training objective"), after the
         ``schedule`` preset (:meth:`schedule_config`). beta_g is 0 until ``beta_g_begin`` (0: the
         authors'), then linear to ``beta_g_end`` at ``beta_g_begin + beta_g_steps``."""
         from inference.schedules import Linear

@@ -1,7 +1,7 @@
 """GNM hyper-parameters: one dataclass, presets for the datasets.
 
 The ``"mnist"`` and ``"arrow"`` presets reproduce the configurations the GNM authors trained with
-(SPEC.md; their public code): 2,930,708 and 8,636,446 parameters (model + guide).
+(their public code; docs/gnm.md, "Presets"): 2,930,708 and 8,636,446 parameters (model + guide).
 ``"cpu"`` is a small 64x64 configuration for training on this machine, ``"arrow-cpu"`` its RGB
 counterpart with a background; ``"tiny"``/``"arrow-tiny"`` (32x32) exist for tests.
 """

@@ -1,6 +1,6 @@
 """The z_pres distribution: a Bernoulli whose reparameterised sample is its Concrete relaxation.
 
-GNM (SPEC.md) samples ``z_pres`` from a relaxed Bernoulli (Concrete, Maddison et al. 2017) at a
+GNM (Jiang & Ahn 2020; docs/gnm.md) samples ``z_pres`` from a relaxed Bernoulli (Concrete, Maddison et al. 2017) at a
 temperature annealed from 1.0 to 0.5, but scores it with the ANALYTIC KL between the two
 Bernoulli distributions (posterior and prior probabilities), not a Monte-Carlo estimate from
 Concrete densities. :class:`ConcreteBernoulli` expresses exactly that in Pyro:

@@ -9,8 +9,8 @@ from pyro.poutine.messenger import Messenger
 class ModeSites(Messenger):
     """Set every (unobserved, not yet valued) sample site in ``sites`` to ``fn.mode`` instead of a draw.
 
-    For GNM's z^s this is ``z_pres = (logits > 0)`` and the means of the Gaussians (SPEC.md:
-    "In generation and mode use ..."). The site stays a latent site with its distribution, so
+    For GNM's z^s this is ``z_pres = (logits > 0)`` and the means of the Gaussians, as the authors
+    generate (docs/gnm.md, "The model"). The site stays a latent site with its distribution, so
     outer handlers (``condition``, ``do``, ``replay``) still override it.
     """
 

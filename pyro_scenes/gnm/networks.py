@@ -1,4 +1,4 @@
-"""GNM's networks (supplement Tables 4-7 as the authors configured them; SPEC.md).
+"""GNM's networks (Jiang & Ahn 2020, supplement Tables 4-7, as the authors configured them; docs/gnm.md).
 
 All modules accept any leading dimensions (batch, particles, Predictive samples).
 """
@@ -27,7 +27,7 @@ def to_cells(t: torch.Tensor) -> torch.Tensor:
 
 
 class ImageEncoder(ConvStack):
-    """Table 4 / SPEC.md: 9 convs, each followed by CELU and GroupNorm(1): image -> f^x (C x G x G)."""
+    """Supplement Table 4: 9 convs, each followed by CELU and GroupNorm(1): image -> f^x (C x G x G)."""
 
     def __init__(self, cfg: GNMConfig):
         super().__init__(cfg.channels, cfg.enc_filters, cfg.enc_kernels, cfg.enc_strides, groups=1, norm_act_final=True)
@@ -148,7 +148,7 @@ class StructDRAWEncoder(nn.Module):
 
 
 class ZsNetwork(nn.Module):
-    """The one network for both p(z^s | f) and q(z^s | f^x) (Table 7 ``StackConv``; SPEC.md).
+    """The one network for both p(z^s | f) and q(z^s | f^x) (supplement Table 7 ``StackConv``; docs/gnm.md, "z^s network").
 
     Two 1x1 convs (CELU + GroupNorm) then 1x1 heads. Returns per-cell parameters (``(..., G*G, k)``):
     ``pres_logits`` (8.8 * tanh), ``where_loc/where_scale`` (raw: scale logit, log ratio, shift x, y),
@@ -196,7 +196,7 @@ class ZsNetwork(nn.Module):
 
 
 class GlimpseDecoder(nn.Module):
-    """z_what -> glimpse (Table 5 / SPEC.md): sub-pixel stack from 1x1, sigmoid outputs.
+    """z_what -> glimpse (supplement Table 5): sub-pixel stack from 1x1, sigmoid outputs.
 
     Returns ``(appearance, alpha)``; without an alpha channel (MNIST) alpha is ``None`` (= 1).
     """

@@ -1,4 +1,4 @@
-"""Rendering the symbolic map z^s (supplement Algorithm 2; SPEC.md).
+"""Rendering the symbolic map z^s (Jiang & Ahn 2020, supplement Algorithm 2; docs/gnm.md, "Rendering").
 
 * digit scenes (no alpha channel, no background): additive ``x = sum_k z_pres_k STN^-1(o_k)``;
 * RGB scenes with alpha: importance ``gamma_k = STN^-1(alpha_k z_pres_k sigmoid(-depth_k))``
