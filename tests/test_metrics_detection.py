@@ -65,3 +65,57 @@ def test_count_accuracy():
     assert count_accuracy(torch.tensor([3, 4, 4, 10]), torch.tensor([3, 4, 10, 10])) == 0.75
     with pytest.raises(ValueError):
         count_accuracy([1, 2], [1])
+
+
+# ------------------------------------------------------------------ cross-check with pycocotools
+def _coco_ap(pred, scores, true):
+    """COCO's AP@[.5:.95] and AP@0.5 (``COCOeval.stats[0:2]``) for one category, boxes (x0, y0, x1, y1)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    def xywh(b):
+        x0, y0, x1, y1 = b.tolist()
+        return [x0, y0, x1 - x0, y1 - y0]
+
+    images = [{"id": i} for i in range(len(true))]
+    annotations = [{"image_id": i, "category_id": 1, "bbox": xywh(b), "iscrowd": 0, "area": float((b[2] - b[0]) * (b[3] - b[1]))}
+                   for i, boxes in enumerate(true) for b in boxes]
+    for n, a in enumerate(annotations, start=1):
+        a["id"] = n
+    detections = [{"image_id": i, "category_id": 1, "bbox": xywh(b), "score": float(s)}
+                  for i, (boxes, ss) in enumerate(zip(pred, scores)) for b, s in zip(boxes, ss)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": annotations, "categories": [{"id": 1}]}
+        gt.createIndex()
+        evaluation = COCOeval(gt, gt.loadRes(detections), "bbox")
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return evaluation.stats[0], evaluation.stats[1]
+
+
+def test_box_ap_agrees_with_pycocotools():
+    """Random scenes: true boxes, detections that jitter them (some far off, some missing) and
+    false detections, on images with and without objects: AP@0.5 and AP@[.5:.95] equal COCO's."""
+    g = torch.Generator().manual_seed(0)
+    pred, scores, true = [], [], []
+    for i in range(30):
+        n = int(torch.randint(0, 5, (), generator=g))
+        corner = torch.rand(n, 2, generator=g) * 100
+        truth = torch.cat([corner, corner + 8 + torch.rand(n, 2, generator=g) * 20], 1).round()
+        found = truth[torch.rand(n, generator=g) < 0.8]
+        found = found + torch.randn(found.shape, generator=g) * torch.rand(len(found), 1, generator=g) * 6
+        extra = torch.rand(int(torch.randint(0, 3, (), generator=g)), 2, generator=g) * 100
+        found = torch.cat([found, torch.cat([extra, extra + 10], 1)])
+        pred.append(found)
+        scores.append(torch.rand(len(found), generator=g, dtype=torch.float64))
+        true.append(truth)
+    ours = box_ap(pred, true, scores)
+    coco_mean, coco_50 = _coco_ap(pred, scores, true)
+    assert 0.2 < coco_50 < 0.95 and 0.05 < coco_mean < coco_50  # neither trivial nor perfect
+    assert ours["AP@0.5"] == pytest.approx(coco_50, abs=1e-12)
+    assert ours["AP@[.5:.95]"] == pytest.approx(coco_mean, abs=1e-12)

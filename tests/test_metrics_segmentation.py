@@ -105,3 +105,26 @@ def test_segmentation_covering_ignore():
     # with background: region 0 IoU with 5 is 2/3
     assert mean_segmentation_covering(true, pred).item() == pytest.approx((2 / 3 + 0.5) / 2)
     assert math.isnan(mean_segmentation_covering(t([0, 0]), t([0, 1]), ignore=0).item())
+
+
+# ------------------------------------------------------------------ cross-check with scikit-learn
+def test_ari_and_fg_ari_agree_with_scikit_learn():
+    """Random label maps with few and many segments, and maps that differ only by relabelling or by
+    a few pixels: ARI and foreground ARI equal ``sklearn.metrics.adjusted_rand_score``."""
+    from sklearn.metrics import adjusted_rand_score
+
+    g = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 4, (12, 16, 16), generator=g)
+    true[:4] = torch.randint(0, 40, (4, 16, 16), generator=g)  # many small segments
+    pred = torch.randint(0, 6, (12, 16, 16), generator=g)
+    pred[4:8] = (true[4:8] * 7 + 3) % 11  # a relabelling: ARI 1
+    noisy = true[8:].clone()
+    flip = torch.rand(noisy.shape, generator=g) < 0.1
+    pred[8:] = torch.where(flip, torch.randint(0, 4, noisy.shape, generator=g), noisy)  # close to the truth
+    for ignore in (None, 0):
+        ours = ari(true, pred, ignore=ignore).double()
+        keep = [torch.ones(16 * 16, dtype=torch.bool) if ignore is None else t.flatten() != ignore for t in true]
+        theirs = torch.tensor([adjusted_rand_score(t.flatten()[k].numpy(), p.flatten()[k].numpy())
+                               for t, p, k in zip(true, pred, keep)], dtype=torch.float64)
+        assert torch.allclose(ours, theirs, atol=1e-6, rtol=0), (ignore, (ours - theirs).abs().max())
+    assert torch.allclose(ari(true[4:8], pred[4:8]), torch.ones(4))
