@@ -104,6 +104,62 @@ def straightforward_kernels(*modules):
             m.channels_last = True
 
 
+def build(preset: str, dataset: str, batch_size: int):
+    """Recipe, config, model, guide, optimiser, clip and a batch of mostly dark images (like digit scenes)."""
+    from pyro_scenes.gnm.config import PRESETS
+
+    torch.manual_seed(0)
+    pyro.clear_param_store()
+    recipe = GNMRecipe()
+    config = recipe.default_config(dataset)
+    config.update(preset=preset, image_size=PRESETS[preset].image_size, z_what_dim=PRESETS[preset].z_what_dim, cache_dir="", seed=0)
+    model, guide = recipe.build(config, torch.device("cpu"))
+    opt = recipe.make_optimizer(list(model.parameters()) + list(guide.parameters()), config)
+    cfg = model.cfg
+    x = torch.rand(batch_size, cfg.channels, cfg.image_size, cfg.image_size).pow(8)
+    return recipe, config, model, guide, opt, recipe.grad_clip_norm(config), x
+
+
+def step_functions(recipe, config, model, guide, opt, clip, x, step):
+    """Three training steps (loss, backward, clip, RMSprop): Pyro's, the hand-written PyTorch one,
+    and that one with the straightforward kernels."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    schedules = recipe.schedules(config)
+
+    def update(loss):
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    def pyro_step():
+        update(recipe.loss(model, guide, x, step, config)[0])
+
+    def torch_step():
+        update(torch_loss(model, guide, x, step, config, schedules))
+
+    def plain_step():
+        with straightforward_kernels(model, guide):
+            torch_step()
+
+    return pyro_step, torch_step, plain_step
+
+
+def median_times(steps, repeats):
+    """Median wall and CPU seconds of each step; the steps alternate so load changes hit all alike."""
+    for _ in range(2):
+        for step in steps:
+            step()  # warm-up
+    wall, cpu = [[] for _ in steps], [[] for _ in steps]
+    for _ in range(repeats):
+        for step, w, c in zip(steps, wall, cpu):
+            t0, c0 = time.perf_counter(), time.process_time()
+            step()
+            w.append(time.perf_counter() - t0)
+            c.append(time.process_time() - c0)
+    return [statistics.median(w) for w in wall], [statistics.median(c) for c in cpu]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preset", default="mnist")
@@ -116,61 +172,11 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     pyro.enable_validation(a.validation)
-    torch.manual_seed(0)
-    pyro.clear_param_store()
-    recipe = GNMRecipe()
-    config = recipe.default_config(a.dataset)
-    from pyro_scenes.gnm.config import PRESETS
-
-    config.update(preset=a.preset, image_size=PRESETS[a.preset].image_size, z_what_dim=PRESETS[a.preset].z_what_dim, cache_dir="", seed=0)
-    model, guide = recipe.build(config, torch.device("cpu"))
-    params = list(model.parameters()) + list(guide.parameters())
-    opt = recipe.make_optimizer(params, config)
-    clip = recipe.grad_clip_norm(config)
-    cfg = model.cfg
-    x = torch.rand(a.batch_size, cfg.channels, cfg.image_size, cfg.image_size).pow(8)  # mostly dark, like digit scenes
-    schedules = recipe.schedules(config)
-
-    def pyro_step():
-        loss, _ = recipe.loss(model, guide, x, a.step, config)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-
-    def torch_step():
-        loss = torch_loss(model, guide, x, a.step, config, schedules)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
-
-    for _ in range(2):
-        pyro_step(), torch_step()
-    def plain_step():
-        with straightforward_kernels(model, guide):
-            torch_step()
-
-    plain_step()
-    tp, tt, cp, ct, tn, cn = [], [], [], [], [], []
-    for _ in range(a.repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        pyro_step()
-        tp.append(time.perf_counter() - t0)
-        cp.append(time.process_time() - c0)
-        t0, c0 = time.perf_counter(), time.process_time()
-        torch_step()
-        tt.append(time.perf_counter() - t0)
-        ct.append(time.process_time() - c0)
-        t0, c0 = time.perf_counter(), time.process_time()
-        plain_step()
-        tn.append(time.perf_counter() - t0)
-        cn.append(time.process_time() - c0)
-    mp, mt, mn = statistics.median(tp), statistics.median(tt), statistics.median(tn)
-    cpu_n = statistics.median(cn)
-    cpu_p, cpu_t = statistics.median(cp), statistics.median(ct)
-    n = sum(p.numel() for p in params)
-    print(f"GNM preset {a.preset!r} ({n:,} parameters), batch {a.batch_size}, {cfg.image_size}x{cfg.image_size}, "
+    recipe, config, model, guide, opt, clip, x = build(a.preset, a.dataset, a.batch_size)
+    (mp, mt, mn), (cpu_p, cpu_t, cpu_n) = median_times(step_functions(recipe, config, model, guide, opt, clip, x, a.step), a.repeats)
+    n = sum(p.numel() for group in opt.param_groups for p in group["params"])
+    size = model.cfg.image_size
+    print(f"GNM preset {a.preset!r} ({n:,} parameters), batch {a.batch_size}, {size}x{size}, "
           f"{a.threads} threads, step {a.step}, Pyro validation {'on' if a.validation else 'off'}, median of {a.repeats}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  Pyro SVI step (loss + backward + clip + RMSprop): {mp:.3f} s/step wall, {cpu_p:.3f} s CPU   (target <= 0.7 s)")

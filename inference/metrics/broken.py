@@ -106,18 +106,7 @@ def _corrupt_layout(labels: List[int], centres: List[Tuple[float, float]], is10:
     if kind == "control":
         return labels, centres
     if kind == "swapped":
-        if is10:
-            while True:
-                i, j = pick(n), pick(n)
-                gi = next(g for g, grp in enumerate(_GROUPS) if labels[i] in grp)
-                gj = next(g for g, grp in enumerate(_GROUPS) if labels[j] in grp)
-                if gi != gj:
-                    break
-        else:
-            i = pick(n)
-            j = (i + 1 + pick(n - 1)) % n
-        labels[i], labels[j] = labels[j], labels[i]
-        return labels, centres
+        return _swap_two(labels, is10, pick), centres
     if kind == "missing":
         i = pick(n)
         return labels[:i] + labels[i + 1:], centres[:i] + centres[i + 1:]
@@ -145,19 +134,41 @@ def _corrupt_layout(labels: List[int], centres: List[Tuple[float, float]], is10:
         centres[i] = _free_position(others, *_quadrant_bounds(q2, size, p), p, gen)
         return labels, centres
     if kind == "groups-swapped":
-        g2 = (0, 3)[pick(2)]
-        g3 = (1, 2)[pick(2)]
-        members = {g: [k for k, lab in enumerate(labels) if lab in _GROUPS[g]] for g in (g2, g3)}
-        qa = _quadrant_of(*centres[members[g2][0]], size)
-        qb = _quadrant_of(*centres[members[g3][0]], size)
-        (ax, ay), _ = _quadrant_bounds(qa, size, p)
-        (bx, by), _ = _quadrant_bounds(qb, size, p)
-        for k in members[g2]:
-            centres[k] = (centres[k][0] - ax + bx, centres[k][1] - ay + by)
-        for k in members[g3]:
-            centres[k] = (centres[k][0] - bx + ax, centres[k][1] - by + ay)
-        return labels, centres
+        return labels, _swap_groups(labels, centres, size, p, pick)
     raise ValueError(f"unknown corruption {kind!r}")
+
+
+def _swap_two(labels: List[int], is10: bool, pick) -> List[int]:
+    """``labels`` with two digits exchanged (for MNIST-10, two of different groups)."""
+    n = len(labels)
+    if is10:
+        while True:
+            i, j = pick(n), pick(n)
+            gi = next(g for g, grp in enumerate(_GROUPS) if labels[i] in grp)
+            gj = next(g for g, grp in enumerate(_GROUPS) if labels[j] in grp)
+            if gi != gj:
+                break
+    else:
+        i = pick(n)
+        j = (i + 1 + pick(n - 1)) % n
+    labels[i], labels[j] = labels[j], labels[i]
+    return labels
+
+
+def _swap_groups(labels: List[int], centres: List[Tuple[float, float]], size: int, p: int, pick) -> List[Tuple[float, float]]:
+    """``centres`` with a 2-digit group and a 3-digit group moved into each other's quadrants (MNIST-10)."""
+    g2 = (0, 3)[pick(2)]
+    g3 = (1, 2)[pick(2)]
+    members = {g: [k for k, lab in enumerate(labels) if lab in _GROUPS[g]] for g in (g2, g3)}
+    qa = _quadrant_of(*centres[members[g2][0]], size)
+    qb = _quadrant_of(*centres[members[g3][0]], size)
+    (ax, ay), _ = _quadrant_bounds(qa, size, p)
+    (bx, by), _ = _quadrant_bounds(qb, size, p)
+    for k in members[g2]:
+        centres[k] = (centres[k][0] - ax + bx, centres[k][1] - ay + by)
+    for k in members[g3]:
+        centres[k] = (centres[k][0] - bx + ax, centres[k][1] - by + ay)
+    return centres
 
 
 def render_digits(source, layouts: List[Tuple[List[int], List[Tuple[float, float]]]], size: int, p: int,
