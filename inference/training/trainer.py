@@ -510,10 +510,13 @@ class Trainer:
         :class:`TrainingError` when the run diverges (the newest checkpoint is the last good
         state). Calls :meth:`close` when done.
         """
+        import pyro
+
         if self.model is None:
             self.prepare()
         try:
-            return self._run()
+            with pyro.validation_enabled(True):  # invalid distribution arguments raise, for :meth:`_diverges`
+                return self._run()
         finally:
             self.close()
 
