@@ -1,4 +1,5 @@
-"""Evaluate a trained run with the metrics of its model's recipe (protocols: docs/metrics.md).
+"""Evaluate a trained run with the metrics of its model's recipe: :func:`evaluate` and its command
+line (protocols: docs/metrics.md). Nothing here names a model.
 
     python -m inference.evaluate RUN_DIR_OR_CHECKPOINT [--metrics ari,fg-ari] [--num-samples N]
         [--split test] [--out FILE.json] [--device cpu]
@@ -9,16 +10,118 @@ unreadable or incompatible checkpoint and 2 on bad options (e.g. an unknown metr
 """
 from __future__ import annotations
 
+import json
+import math
 import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
 
 import click
+import torch
 
-from inference.evaluation import EvaluationError, evaluate, model_metrics, parse_metrics
+from inference.recipes import RECIPES, get_recipe
+from inference.recipes.base import EvalOptions
+from inference.runs import SettingsError, open_run
+from inference.training.checkpoint import CheckpointError, run_dir
+
+
+class EvaluationError(ValueError):
+    """Bad request: unknown metric, a metric that does not apply to the model, ..."""
+
+
+def model_metrics() -> Dict[str, tuple]:
+    """``--metrics`` names per model, from each recipe's :attr:`~inference.recipes.base.Recipe.metrics`."""
+    return {name: get_recipe(name).metrics for name in RECIPES}
+
+
+def parse_metrics(spec: Optional[Iterable[str]]) -> Optional[List[str]]:
+    """``["ari,fg-ari", "msc"]`` -> ``["ari", "fg-ari", "msc"]``; unknown names raise EvaluationError."""
+    if not spec:
+        return None
+    names = [n.strip().lower() for item in spec for n in str(item).split(",") if n.strip()]
+    if not names:
+        return None
+    per_model = model_metrics()
+    unknown = [n for n in names if not any(n in valid for valid in per_model.values())]
+    if unknown:
+        raise EvaluationError(f"unknown metric(s) {', '.join(unknown)}; valid metrics: "
+                              + "; ".join(f"{m}: {', '.join(v)}" for m, v in per_model.items()))
+    return list(dict.fromkeys(names))
+
+
+def select_metrics(recipe, requested: Optional[List[str]]) -> List[str]:
+    """``requested`` (None: all of ``recipe.metrics``), checked against the recipe's metrics."""
+    valid = recipe.metrics
+    if requested is None:
+        return list(valid)
+    wrong = [m for m in requested if m not in valid]
+    if wrong:
+        raise EvaluationError(f"metric(s) {', '.join(wrong)} do not apply to {recipe.name} models; "
+                              f"valid for {recipe.name}: {', '.join(valid)}")
+    return requested
+
+
+def default_output(checkpoint: Path, split: str) -> Path:
+    """``<run>/eval/metrics_<split>.json``."""
+    return run_dir(checkpoint) / "eval" / f"metrics_{split}.json"
+
+
+def _jsonable(x):
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, float):
+        return None if math.isnan(x) or math.isinf(x) else x
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    return x
+
+
+def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[int] = None, split: str = "test",
+             out: Optional[Path] = None, device: str = "cpu", batch_size: int = 32, particles: Optional[int] = None,
+             plots: bool = True, progress: bool = True, metric_options: Optional[Dict[str, Dict]] = None,
+             overrides: Optional[Dict] = None) -> Dict:
+    """Evaluate the checkpoint (or latest checkpoint of a run directory) at ``path``.
+
+    Returns the JSON-ready report (also written to ``out``, default :func:`default_output`).
+    Raises :class:`inference.training.checkpoint.CheckpointError` for missing/broken checkpoints
+    and :class:`EvaluationError` for metric and ``overrides`` problems. ``metric_options`` are
+    per-metric settings (:class:`~inference.recipes.base.EvalOptions`), e.g. ``{"d-steps": {"max_steps": 4}}`` for
+    quick checks or ``{"s-acc": {"cache": folder, "settings": TrainSettings(...)}}`` for the
+    S-Acc checker. ``overrides`` replace settings of the checkpoint's config (see ``restore``),
+    e.g. ``{"num_objects": 4, "num_layers": 5}`` for ECON on 4-object scenes.
+    """
+    try:
+        file, recipe, config, model, guide, step = open_run(path, device, overrides)
+    except SettingsError as e:
+        raise EvaluationError(str(e)) from None
+    chosen = select_metrics(recipe, metrics)
+    t0 = time.time()
+    dataset = recipe.make_dataset(config, split)
+    n = len(dataset) if num_samples is None else min(int(num_samples), len(dataset))
+    options = EvalOptions(num_samples=n, batch_size=batch_size, device=device, particles=particles, progress=progress,
+                          metric_options=metric_options or {})
+    with torch.no_grad():
+        evaluation = recipe.evaluate(model, guide, dataset, config, chosen, options)
+    report = dict(checkpoint=str(file), model=recipe.name, dataset=config.get("dataset"), step=step, split=split,
+                  overrides=overrides or {},
+                  metrics=chosen, num_samples=n, seconds=round(time.time() - t0, 1), results=evaluation["results"])
+    out = Path(out) if out is not None else default_output(Path(file), split)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if plots:
+        report["plots"] = [str(p) for p in recipe.evaluation_plots(evaluation, out.with_suffix(""))]
+    report = _jsonable(report)
+    out.write_text(json.dumps(report, indent=2))
+    report["output"] = str(out)
+    return report
+
 
 METRICS_HELP = "; ".join(f"{model}: {', '.join(metrics)}" for model, metrics in model_metrics().items())
 
 
-@click.command(help=__doc__.split("\n\n")[0] + f" Metrics per model: {METRICS_HELP}.")
+@click.command(help=f"Evaluate the run or checkpoint PATH with the metrics of its model. Metrics per model: {METRICS_HELP}.")
 @click.argument("path", type=click.Path())
 @click.option("--metrics", "-m", multiple=True, help="comma-separated metric names (default: all for the model)")
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,
@@ -35,7 +138,6 @@ METRICS_HELP = "; ".join(f"{model}: {', '.join(metrics)}" for model, metrics in 
 @click.option("--no-plots", is_flag=True, help="write only the JSON")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bars")
 def cli(path, metrics, num_samples, split, out, device, batch_size, particles, sets, no_plots, quiet):
-    from inference.training.checkpoint import CheckpointError
     from inference.training.config import ConfigError, parse_set
 
     try:

@@ -6,8 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from inference.evaluate import cli
-from inference.evaluation import EvaluationError, evaluate, parse_metrics, select_metrics
+from inference.evaluate import EvaluationError, cli, evaluate, parse_metrics, select_metrics
 from inference.figures.__main__ import main as figures_cli
 from inference.likelihood.__main__ import main as likelihood_cli
 from inference.metrics.structure import TrainSettings

@@ -19,13 +19,13 @@ import torch
 @click.option("--device", default="cpu", show_default=True)
 def main(path: Path, out_dir, split: str, num_images: int, device: str):
     """Write the figures of the run or checkpoint PATH."""
-    from inference.evaluation import EvaluationError, open_run
     from inference.evaluation.data import scenes
+    from inference.runs import open_run
     from inference.training.checkpoint import CheckpointError, run_dir
 
     try:
         ckpt, recipe, config, model, guide, step = open_run(path, device)
-    except (CheckpointError, EvaluationError) as err:
+    except CheckpointError as err:
         raise click.ClickException(str(err))
     dataset = recipe.make_dataset(config, split)
     batch = scenes(dataset, 0, min(num_images, len(dataset)))

@@ -7,8 +7,8 @@ import math
 import click
 import torch
 
-from inference.evaluation import EvaluationError, open_run
 from inference.evaluation.data import scene_batches
+from inference.runs import open_run
 
 
 @click.command()
@@ -25,7 +25,7 @@ def main(run, particles, batch_particles, num_images, batch_size, split, device)
 
     try:
         _, recipe, config, model, guide, step = open_run(run, device)
-    except (CheckpointError, EvaluationError) as e:
+    except CheckpointError as e:
         raise click.ClickException(str(e))
     data = recipe.make_dataset(config, split)
     n = min(num_images, len(data))

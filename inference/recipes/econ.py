@@ -150,9 +150,9 @@ class ECONRecipe(Recipe):
     def expert_gradient_norms(self, model, guide, dataset, step, config) -> Dict:
         """Each expert's gradient norm (attention, encoder, decoder) of the training loss on one
         held-out batch: an expert that never wins shows 0 and is not learning."""
-        from inference.training.data import fixed_batch
+        from inference.evaluation.data import scenes
 
-        images = fixed_batch(dataset, config["batch_size"])["image"]
+        images = scenes(dataset, 0, min(config["batch_size"], len(dataset)))["image"]
         params = [p for m in (model, guide) for p in m.parameters()]
         saved = [p.grad for p in params]
         for p in params:
