@@ -12,7 +12,7 @@ from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 
 from guides import ECONGuide
 from inference.decompose import decompose
-from inference.handlers import Competition, ScaleSites
+from inference.handlers import Competition
 from inference.objectives import econ_loss
 from pyro_scenes import ECON
 from pyro_scenes.distributions import LayeredNormal, RegionBernoulli, RegionMean, bernoulli_kl
