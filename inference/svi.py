@@ -140,7 +140,7 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
     if reserved:
         raise click.UsageError(f"--set {reserved[0]}: use --{reserved[0]} instead")
     try:
-        config = resume_overrides(dict(ck["config"]), (file_label, file_config), ("flags", flags), ("--set", sets),
+        config = resume_overrides(recipe.complete_config(dict(ck["config"])), (file_label, file_config), ("flags", flags), ("--set", sets),
                                   amend_at=ck["step"] if amend else None)
     except ConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -50,22 +50,26 @@ def test_bad_input_names_the_problem(tmp_path, bad, message):
 
 def test_a_run_saved_before_newer_settings_existed_still_resumes(tmp_path):
     """Runs made before num_objects, the temperature and the per-pixel competition existed resume
-    with the values they were trained with (LEGACY_DEFAULTS), not the new defaults."""
-    from inference.recipes.econ import LEGACY_DEFAULTS
+    with the values they were trained with (the recipe's legacy_defaults), else today's defaults."""
+    from inference.recipes.econ import ECONRecipe
     from inference.training.checkpoint import save_checkpoint
 
     out = tmp_path / "old"
     assert run(*TINY, "--steps", "2", "--out", str(out)).exit_code == 0
     path = find_checkpoint(out)
     ckpt = load_checkpoint(path)
-    for key in LEGACY_DEFAULTS:
+    added = ["num_objects", "competition_per_pixel", "temperature", "temperature_final", "temperature_steps"]
+    assert set(ECONRecipe.legacy_defaults) <= set(added)
+    for key in added:
         ckpt["config"].pop(key)
     path.unlink()
     save_checkpoint(out / "ckpt", {k: v for k, v in ckpt.items() if k not in ("format", "format_version")})
     config = json.loads((out / "config.json").read_text())
-    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in LEGACY_DEFAULTS}))
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in added}))
     result = run("--resume", "--out", str(out), "--steps", "3")
     assert result.exit_code == 0, result.output
     resumed = load_checkpoint(find_checkpoint(out))
     assert resumed["step"] == 3
-    assert resumed["config"].get("competition_per_pixel", False) is False  # trained without it: stays so
+    # trained summed: stays so (legacy_defaults); the others take today's defaults, which they were trained with
+    assert resumed["config"]["competition_per_pixel"] is False
+    assert [resumed["config"][k] for k in added if k != "competition_per_pixel"] == [3, 1.0, 1.0, 0]

@@ -80,7 +80,9 @@ def test_bad_schedule_values_name_the_key(key, value, match):
 
 
 def test_runs_saved_before_these_settings_keep_the_authors_schedule():
-    old = {k: v for k, v in config().items() if k not in ("schedule", "beta_g_begin", "val_generations")}
+    added = ("schedule", "beta_g_begin", "val_generations", "sigma")
+    old = GNMRecipe().complete_config({k: v for k, v in config().items() if k not in added})
+    assert [old[k] for k in added] == ["authors", 0, 100, None]  # what those runs were trained with
     GNMRecipe().validate_config(old)
     assert GNMRecipe().schedules(old)["beta_g"](50_000) == pytest.approx(0.5)
 

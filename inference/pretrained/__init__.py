@@ -61,7 +61,8 @@ def load(name: str, device="cpu") -> Tuple[torch.nn.Module, torch.nn.Module]:
 
     record = info(name)
     pyro.clear_param_store()
-    model, guide = get_recipe(record["model"]).build(dict(record["config"]), torch.device(device))
+    recipe = get_recipe(record["model"])
+    model, guide = recipe.build(recipe.complete_config(dict(record["config"])), torch.device(device))
     model.load_state_dict(record["model_state"])
     guide.load_state_dict(record["guide_state"])
     return model.eval(), guide.eval()

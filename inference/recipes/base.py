@@ -42,11 +42,23 @@ class Recipe:
     datasets: Tuple[str, ...] = ()
     #: the ``--metrics`` names :meth:`evaluate` computes; all of them by default
     metrics: Tuple[str, ...] = ("ll",)
+    #: settings whose default changed after runs were saved without them: the values those runs
+    #: were trained with (:meth:`complete_config`); a setting absent here defaults as for a new run
+    legacy_defaults: Dict = {}
 
     # ------------------------------------------------------------------ training
     def default_config(self, dataset: str) -> Dict:
         """All hyper-parameters for ``dataset`` as a JSON-serialisable dict (keys are the ``--set`` names)."""
         raise NotImplementedError
+
+    def complete_config(self, config: Dict) -> Dict:
+        """A saved run's ``config`` with the settings added since it was saved: the values it was
+        trained with (:attr:`legacy_defaults`, else today's defaults). Applied wherever a
+        checkpoint's config is read (``--resume``, restore, pretrained models)."""
+        from inference.training.config import defaults_for
+
+        missing = {**defaults_for(self, config["dataset"]), **self.legacy_defaults}
+        return {**{k: v for k, v in missing.items() if k not in config}, **config}
 
     def validate_config(self, config: Dict) -> None:
         """Raise ``ValueError`` naming the bad key when a value is invalid (called before anything is built)."""

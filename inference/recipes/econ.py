@@ -25,19 +25,12 @@ PAPER_SETTINGS = {
 CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=8, attention_blocks=3)
 
 
-#: values that runs saved before a setting existed were trained with (their ``config.json`` lacks it)
-LEGACY_DEFAULTS = dict(num_objects=3, competition_per_pixel=False, temperature=1.0, temperature_final=1.0, temperature_steps=0)
-
-
-def with_legacy_defaults(config: Dict) -> Dict:
-    """``config`` completed with :data:`LEGACY_DEFAULTS` for keys it lacks (resuming an older run)."""
-    return {**LEGACY_DEFAULTS, **config}
-
-
 class ECONRecipe(Recipe):
     name = "econ"
     datasets = ("sprites-unique", "sprites-random")
     metrics = ("ari", "fg-ari", "msc", "specialisation", "shape-iou")
+    #: runs saved before the per-pixel competition became the default were scored summed
+    legacy_defaults = dict(competition_per_pixel=False)
 
     def default_config(self, dataset: str) -> Dict:
         from datasets.cache import default_cache_dir
@@ -60,7 +53,6 @@ class ECONRecipe(Recipe):
         )
 
     def validate_config(self, config: Dict) -> None:
-        config = with_legacy_defaults(config)
         positive_int = ["image_size", "num_objects", "num_train", "num_val", "steps", "batch_size", "num_experts", "num_layers", "latent_dim",
                         "decoder_features", "decoder_layers", "encoder_features", "encoder_layers", "attention_filters", "attention_blocks",
                         "plateau_patience"]
@@ -94,7 +86,7 @@ class ECONRecipe(Recipe):
         guide = ECONGuide(model, attention_filters=config["attention_filters"], attention_blocks=config["attention_blocks"],
                           encoder_features=config["encoder_features"], encoder_layers=config["encoder_layers"],
                           competition_lambda=config["lam"],
-                          competition_per_pixel=with_legacy_defaults(config)["competition_per_pixel"]).to(device)
+                          competition_per_pixel=config["competition_per_pixel"]).to(device)
         return model, guide
 
     def make_dataset(self, config: Dict, split: str):
@@ -102,7 +94,7 @@ class ECONRecipe(Recipe):
         from datasets.cache import cached
 
         size = {"train": config["num_train"], "val": config["num_val"], "test": max(config["num_val"], 1000)}[split]
-        objects = with_legacy_defaults(config)["num_objects"]
+        objects = config["num_objects"]
         ds = make_dataset(config["dataset"], split=split, num_scenes=size, image_size=config["image_size"], seed=config["seed"],
                           num_objects=objects, allow_repeats=objects > 3)
         return cached(ds, Path(config["cache_dir"]) / "datasets") if config.get("cache_dir") else ds
@@ -117,7 +109,6 @@ class ECONRecipe(Recipe):
     def loss(self, model, guide, images, step, config):
         from inference.objectives import econ_loss
 
-        config = with_legacy_defaults(config)
         temperature = self.temperature(step, config)
         loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], greedy=config["greedy"],
                          temperature=temperature)

@@ -98,15 +98,13 @@ class GNMRecipe(Recipe):
     @staticmethod
     def schedule_config(config: Dict) -> Dict:
         """``config`` with its ``schedule`` preset applied: every key of :data:`SCHEDULES` still at
-        the authors' value takes the preset's; a key set to anything else keeps its value. Runs
-        saved before these settings existed get the defaults (authors' schedule)."""
+        the authors' value takes the preset's; a key set to anything else keeps its value."""
         name = config.get("schedule", "authors")
         if not isinstance(name, str) or name not in SCHEDULES:
             raise ValueError(f"schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
         out = dict(config)
-        out.setdefault("val_generations", 100)
         for key, value in SCHEDULES[name].items():
-            if out.get(key, SCHEDULES["authors"][key]) == SCHEDULES["authors"][key]:
+            if out[key] == SCHEDULES["authors"][key]:
                 out[key] = value
         return out
 

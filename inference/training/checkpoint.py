@@ -168,14 +168,13 @@ def restore(path, device="cpu", overrides=None):
     device = torch.device(device)
     ckpt = load_checkpoint(file, map_location=device)
     recipe = recipes.get_recipe(ckpt["model"])
-    config = dict(ckpt["config"])
+    config = recipe.complete_config(dict(ckpt["config"]))
     if overrides:
-        defaults = recipe.default_config(config["dataset"])  # knows keys added after the run was made
-        unknown = sorted(set(overrides) - set(config) - set(defaults))
+        unknown = sorted(set(overrides) - set(config))
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} for model {ckpt['model']!r}")
-        recipe.validate_config({**defaults, **config, **overrides})
         config.update(overrides)
+        recipe.validate_config(config)
     pyro.clear_param_store()
     model, guide = recipe.build(config, device)
     try:
