@@ -137,15 +137,21 @@ def test_do_composes_chosen_experts_and_more_layers():
     choice = {"k_1": torch.tensor(3), "k_2": torch.tensor(1), "k_3": torch.tensor(1), "k_4": torch.tensor(0), "k_5": torch.tensor(2)}
     scene = poutine.do(model, data=choice)
     tr = poutine.trace(scene).get_trace(batch_size=4, num_layers=5)
-    # the decoder downstream of each k_t used the intervened expert
-    for t in range(1, 6):
+    # each layer is drawn by the intervened expert inside the scope the front layers left:
+    # r_t ~ Bernoulli(s_t * m~_{k_t}(z_t)), s_5 = 1, s_{t-1} = s_t - r_t (eq. 1, 2 and 7)
+    scope = torch.ones(4, 1, 16, 16)
+    composite = torch.zeros(4, 3, 16, 16)
+    for t in range(5, 0, -1):
         z = tr.nodes[f"z_{t}"]["value"]
-        _, shape = model.decoder(z, experts=choice[f"k_{t}"].expand(4))
-        r_probs = tr.nodes[f"r_{t}"]["fn"].base_dist.probs
-        assert r_probs.shape == (4, 1, 16, 16)
-        assert (r_probs <= shape + 1e-6).all()
-    images = scene(batch_size=4, num_layers=5)
-    assert images.shape == (4, 3, 16, 16)
+        mu, shape = model.decoder(z, experts=choice[f"k_{t}"].expand(4))
+        assert torch.allclose(tr.nodes[f"r_{t}"]["fn"].base_dist.probs, scope * shape, atol=1e-6), t
+        r = tr.nodes[f"r_{t}"]["value"]
+        composite = composite + r * mu
+        scope = scope - r
+    # the returned image is the noise-free composite sum_t r_t mu_t of these layers (eq. 6)
+    assert torch.allclose(tr.nodes["_RETURN"]["value"], composite, atol=1e-6)
+    x_fn = tr.nodes["x"]["fn"].base_dist
+    assert torch.allclose((x_fn.regions * x_fn.means).sum(-4), composite, atol=1e-6)
 
 
 def test_condition_makes_k_observed_and_scored():
@@ -159,23 +165,55 @@ def test_condition_makes_k_observed_and_scored():
 
 
 def test_predictive_prior_parallel_and_posterior():
+    torch.manual_seed(0)
     model, guide = tiny()
     prior = Predictive(model, num_samples=3, parallel=True)(batch_size=2)
     assert prior["z_1"].shape == (3, 2, 3) and prior["x"].shape == (3, 2, 3, 16, 16)
+    # each parallel sample is a scene of the model: x = sum_t r_t mu_{k_t}(z_t) + N(0, sigma_x) noise
+    composite = 0.0
+    for t in (1, 2, 3):
+        mu, _ = model.decoder(prior[f"z_{t}"], experts=prior[f"k_{t}"])
+        composite = composite + prior[f"r_{t}"] * mu
+    noise = (prior["x"] - composite) / model.sigma_x
+    noise = noise.detach()
+    assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1.0) < 0.05  # 4608 draws: sd of the estimates ~0.015
+    assert not torch.equal(prior["z_1"][0], prior["z_1"][1])  # the samples are distinct draws
     post = Predictive(model, guide=guide, num_samples=2)(torch.rand(2, 3, 16, 16))
     assert post["r_1"].shape == (2, 2, 1, 16, 16)
+    # the guide's regions partition the image (eq. 14): the back layer takes the scope left over
+    total = post["r_1"] + post["r_2"] + post["r_3"]
+    assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+
+
+def _elbo_sample(model, guide, x):
+    """-(log p(x, z) - log q(z | x)) of one joint draw, from the traces."""
+    gtr = poutine.trace(guide).get_trace(x)
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(x)
+    return -(mtr.log_prob_sum() - gtr.log_prob_sum()).detach()
 
 
 def test_svi_with_validation_runs_without_warnings():
     model, guide = tiny()
     x = torch.rand(3, 3, 16, 16)
+    # the values SVI will report: its first loss is computed before the update, on the same draws
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        pyro.set_rng_seed(5)
+        expected = float(econ_loss(model, guide, x, beta=1.0, gamma=1.0).detach()) * 3  # eq. (13) + constants, summed over the batch
         svi = SVI(model, Competition()(guide), pyro.optim.Adam({"lr": 1e-3}), TraceMeanField_ELBO())
+        pyro.set_rng_seed(5)
         first = svi.step(x)
+        pyro.set_rng_seed(6)
+        expected_plain = float(_elbo_sample(model, guide, x))
         svi_plain = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())  # stochastic competition as q(k)
-        assert math.isfinite(svi_plain.step(x))
-    assert math.isfinite(first)
+        pyro.set_rng_seed(6)
+        plain = svi_plain.step(x)
+        # the steps changed the parameters: the same draws now give another loss
+        pyro.set_rng_seed(5)
+        after = float(econ_loss(model, guide, x, beta=1.0, gamma=1.0).detach()) * 3
+    assert first == pytest.approx(expected, rel=1e-5)
+    assert plain == pytest.approx(expected_plain, rel=1e-5)
+    assert after != pytest.approx(expected, rel=1e-5)
 
 
 def test_bad_input_is_rejected():
