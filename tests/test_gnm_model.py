@@ -119,8 +119,17 @@ def test_generation_uses_mode_zs_and_stochastic_zg():
     assert torch.equal(tr.nodes["z_pres"]["value"], (tr.nodes["z_pres"]["fn"].logits > 0).float())
     tr2 = poutine.trace(model).get_trace(batch_size=4)
     assert not torch.equal(tr.nodes["z_g_1"]["value"], tr2.nodes["z_g_1"]["value"])
+    # the returned images are the alpha-composite of the sites over the decoded background (Algorithm 2)
+    v = {n: tr.nodes[n]["value"] for n in ["z_pres", "z_where", "z_depth", "z_what", "z_bg"]}
+    app, alpha = model.glimpse_decoder(v["z_what"])
+    bg = model.bg_decoder(v["z_bg"].squeeze(-2))
+    ref = render_alpha(app, alpha, v["z_pres"], v["z_depth"], where_from_raw(v["z_where"], 4), bg, 32)[0]
+    assert torch.allclose(tr.nodes["_RETURN"]["value"], ref, atol=1e-6)
+    # model(batch_size=n) is that program: the same draws give the same images
+    torch.manual_seed(3)
     images = model(batch_size=4)
-    assert images.shape == (4, 3, 32, 32)
+    torch.manual_seed(3)
+    assert torch.equal(images, poutine.trace(model).get_trace(batch_size=4).nodes["_RETURN"]["value"])
     # mode=False draws z^s
     tr3 = poutine.trace(model).get_trace(batch_size=4, mode=False)
     assert not torch.equal(tr3.nodes["z_what"]["value"], tr3.nodes["z_what"]["fn"].mode)
@@ -279,9 +288,16 @@ def test_predictive_with_guide_sequential_and_parallel():
 
 def test_predictive_generation_parallel():
     model = GNM.preset("tiny")
-    out = Predictive(model, num_samples=4, parallel=True, return_sites=["z_g_1", "z_pres", "_RETURN"])(batch_size=2)
+    z_g = [f"z_g_{l}" for l in range(1, 5)]
+    out = Predictive(model, num_samples=4, parallel=True, return_sites=z_g + ["z_pres", "_RETURN"])(batch_size=2)
     assert out["z_g_1"].shape == (4, 2, 1, 32) and out["_RETURN"].shape == (4, 2, 1, 32, 32)
     assert set(out["z_pres"].unique().tolist()) <= {0.0, 1.0}
+    # z^g fixes a mode generation: each parallel sample is the sequential program run on its z^g
+    for i in range(4):
+        tr = poutine.trace(pyro.condition(model, data={k: out[k][i] for k in z_g})).get_trace(batch_size=2)
+        assert torch.equal(tr.nodes["z_pres"]["value"], out["z_pres"][i]), i
+        assert torch.allclose(tr.nodes["_RETURN"]["value"], out["_RETURN"][i], atol=1e-5), i
+    assert not torch.allclose(out["_RETURN"][0], out["_RETURN"][1])
 
 
 def test_svi_with_validation_no_warnings_and_learns():
