@@ -71,19 +71,68 @@ def test_schedules_match_spec():
     assert s["beta_bg"](0) == 50 and s["beta_bg"](25_000) == pytest.approx(25.5)
 
 
-def test_loss_and_figures(tmp_path):
+def test_loss_logs_and_figures(tmp_path):
+    from pyro import poutine
+    from torch.distributions import kl_divergence
+
+    from inference.figures.gnm import reconstruct
+    from pyro_scenes.gnm.render import render_alpha, where_from_raw
+
     pyro.clear_param_store()
+    torch.manual_seed(0)
     r = GNMRecipe()
     cfg = config("arrow", preset="arrow-tiny", image_size=32, z_what_dim=6)
     model, guide = r.build(cfg, torch.device("cpu"))
     x = torch.rand(2, 3, 32, 32)
-    loss, logs = r.loss(model, guide, x, 100, cfg)
+    traced = poutine.trace(guide)
+    loss, logs = r.loss(model, traced, x, 100, cfg)
     assert loss.dim() == 0 and loss.requires_grad
     assert set(logs) == {"beta_g", "tau", "rho", "aux_kl_z_pres", "aux_kl_z_where", "aux_kl_z_depth", "aux_kl_z_what", "aux_kl_z_bg",
                          "kl_g_1", "kl_g_2", "kl_g_3", "kl_g_4"}
+    # the logged schedules at step 100 (docs/gnm.md): beta_g 0 -> 1 over 100k steps, tau 1 until
+    # step 1k, rho 0.1 -> 0.001 over 4k steps
+    assert logs["beta_g"] == pytest.approx(1e-3) and logs["tau"] == 1.0 and logs["rho"] == pytest.approx(0.1 - 0.099 / 40)
+    # the logged KLs are those of the draws of this loss: aux factors from the guide trace, KL_g
+    # per StructDRAW step against the model's prior replayed on the same z^g
+    gtr = traced.trace
+    for name in ["pres", "where", "depth", "what", "bg"]:
+        assert logs[f"aux_kl_z_{name}"] == pytest.approx(float(gtr.nodes[f"aux_kl_z_{name}"]["fn"].log_factor.detach().sum()) / 2, rel=1e-5)
+    mtr = poutine.trace(poutine.replay(model, trace=gtr)).get_trace(x)
+    for l in range(1, 5):
+        kl = kl_divergence(gtr.nodes[f"z_g_{l}"]["fn"], mtr.nodes[f"z_g_{l}"]["fn"]).detach().sum() / 2
+        assert logs[f"kl_g_{l}"] == pytest.approx(float(kl), rel=1e-5) and float(kl) > 0, l
+    # the reconstructions drawn are the renderings of the posterior means with hard z_pres
+    info = reconstruct(model, guide, x)
+    app, alpha = model.glimpse_decoder(info["z_what"])
+    bg = model.bg_decoder(info["z_bg"])
+    ref = render_alpha(app, alpha, info["pres"], info["z_depth"], where_from_raw(info["z_where"], 4), bg, 32)[0]
+    assert torch.allclose(info["recon"], ref, atol=1e-5)
     paths = r.figures(model, guide, {"image": x}, tmp_path, 0)
     assert [p.name for p in paths] == ["gnm_reconstructions.png", "gnm_generations.png", "gnm_zs_resampling.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+@pytest.mark.parametrize("step,tau", [(0, 1.0), (10_500, 0.75), (20_000, 0.5)])
+def test_the_loss_draws_z_pres_at_the_scheduled_temperature_in_model_and_guide(step, tau):
+    """tau anneals 1 -> 0.5 over steps 1k-20k: the guide draws z_pres at it (the relaxed sample
+    the loss differentiates) and the model's z_pres site carries the same temperature."""
+    from pyro import poutine
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    r = GNMRecipe()
+    cfg = config("mnist4", preset="tiny", image_size=32, z_what_dim=4)
+    model, guide = r.build(cfg, torch.device("cpu"))
+    assert model.cfg.pres_temperature not in (1.0, 0.75)  # the scheduled values are not the distribution's own
+    x = torch.rand(2, 1, 32, 32)
+    traced_guide = poutine.trace(guide)
+    _, logs = r.loss(model, traced_guide, x, step, cfg)
+    assert logs["tau"] == pytest.approx(tau)
+    assert traced_guide.trace.nodes["z_pres"]["fn"].temperature == pytest.approx(tau)
+    m, g, _ = r.handlers(model, guide, step, cfg)
+    gtr = poutine.trace(g).get_trace(x)
+    mtr = poutine.trace(poutine.replay(m, trace=gtr)).get_trace(x)
+    assert gtr.nodes["z_pres"]["fn"].temperature == mtr.nodes["z_pres"]["fn"].temperature == pytest.approx(tau)
 
 
 def test_cli_run_and_likelihood(tmp_path):
