@@ -27,7 +27,7 @@ def recipe_config(dataset, **overrides):
     cfg.update(r.default_config(dataset))
     cfg.update(model="gnm", dataset=dataset)
     cfg.update(overrides)
-    return r, cfg
+    return r, r.schedule_config(cfg)  # the annealing keys at their preset's values
 
 
 def lin(start, end, begin, finish, step):
@@ -235,3 +235,35 @@ def test_main_kl_terms_are_the_pyro_site_kls():
         assert torch.allclose(site_kl(f"z_{name}"), terms[f"kl_{name}"], rtol=1e-5), name
     log_like = mtr.nodes["x"]["fn"].log_prob(mtr.nodes["x"]["value"]).sum() / B
     assert torch.allclose(log_like, terms["log_like"], rtol=1e-5)
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("dataset,preset,step", CASES)
+def test_loss_and_gradients_match_in_float64(dataset, preset, step, float64):
+    """The same comparison in float64, where rounding is ~1e-16 and a tolerance of 1e-9 leaves no
+    room for a mis-wired term (in float32 the gradient tolerance above must absorb ~1e-5 noise)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    recipe, cfg = recipe_config(dataset, preset=preset, image_size=32, z_what_dim=4 if preset == "tiny" else 6,
+                                beta_g_steps=10_000)
+    model, guide = recipe.build(cfg, torch.device("cpu"))
+    assert next(model.parameters()).dtype == torch.float64
+    x = torch.rand(3, model.cfg.channels, 32, 32)
+    loss, logs, values, tr = pyro_loss_and_values(recipe, model, guide, x, step, cfg)
+    assert loss.dtype == torch.float64
+    ref, terms = hand_loss(model, guide, x, values, step, cfg)
+    assert torch.allclose(loss, ref, rtol=1e-10, atol=0), (float(loss), float(ref))
+    params = [p for p in list(model.parameters()) + list(guide.parameters())]
+    g1 = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    g2 = torch.autograd.grad(ref, params, allow_unused=True)
+    for p, a, b in zip(params, g1, g2):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * (1 + float(b.abs().max()))), (p.shape, float((a - b).abs().max()))
