@@ -141,6 +141,38 @@ def test_an_ignored_sigint_stays_ignored(toy, tmp_path, monkeypatch):
     assert seen and all(h is signal.SIG_IGN for h in seen)
 
 
+def test_gradient_clipping_acts_on_the_global_norm(toy, tmp_path, monkeypatch):
+    """The optimiser sees the gradient of all parameters (model and guide together) rescaled to
+    the recipe's clip norm when it is larger, and untouched when it is smaller."""
+    seen = []  # (gradient norm at optimizer.step, clip) per step
+
+    class Recording(torch.optim.Adam):
+        def step(self, closure=None):
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+            return super().step(closure)
+
+    monkeypatch.setattr(toy, "make_optimizer", lambda self, params, config: Recording(params, lr=config["lr"]))
+    raw = []  # the unclipped norms, from the loss's own backward pass
+    original = toy.loss
+
+    def loss(self, model, guide, images, step, config):
+        value, logs = original(self, model, guide, images, step, config)
+        if torch.is_grad_enabled():  # training steps only, not validation
+            params = list({id(p): p for p in list(model.parameters()) + list(guide.parameters())}.values())
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            raw.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads if g is not None]))))
+        return value, logs
+
+    monkeypatch.setattr(toy, "loss", loss)
+    train("--model", "toy", "--steps", 4, "--set", "clip=0.01", "--out", tmp_path / "clipped")
+    assert len(seen) == len(raw) == 4 and min(raw) > 1.0  # every step's gradient exceeds the clip
+    assert seen == pytest.approx([0.01] * 4, rel=1e-4)
+    seen.clear(), raw.clear()
+    train("--model", "toy", "--steps", 4, "--set", "clip=1e6", "--out", tmp_path / "loose")
+    assert seen == pytest.approx(raw, rel=1e-5) and max(raw) < 1e6  # below the clip: unchanged
+
+
 def test_validation_and_figures_do_not_change_training(toy, tmp_path):
     train("--model", "toy", "--steps", 9, "--val-every", 0, "--out", tmp_path / "quiet")
     train("--model", "toy", "--steps", 9, "--val-every", 1, "--figures-every", 1, "--out", tmp_path / "busy")
