@@ -16,10 +16,12 @@ from typing import Any, Dict, Optional
 
 import click
 
+from datasets.errors import DatasetError
+from inference.recipes.settings import FLAGS, flag_name
 from inference.training import checkpoint as ckpt_mod
 from inference.training.config import (
-    FLAG_KEYS, RESERVED_KEYS, ConfigError, load_config_file, parse_set, resolve_config,
-    resume_overrides, validate_trainer_config,
+    RESERVED_KEYS, ConfigError, load_config_file, parse_set, resolve_config, resume_overrides,
+    validate_trainer_config,
 )
 from inference.training.rundir import RunDir
 
@@ -148,8 +150,6 @@ def plan_resume(model: Optional[str], dataset: Optional[str], out: Optional[str]
     return recipe, config, out_path, ck, path
 
 
-FLAG_HELP = "default: the model's config"
-
 EPILOG = f"""
 Models: {_model_names()}. Settings are resolved as: the model's defaults for the dataset <
 --config FILE.json < explicit flags < --set KEY=VALUE; the result is saved as config.json in the run
@@ -159,14 +159,21 @@ log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status:
 """
 
 
+def setting_flags(command):
+    """One option per setting declared with a ``flag`` (:data:`~inference.recipes.settings.FLAGS`):
+    ``--batch-size N`` sets ``batch_size``; a bool gets ``--name/--no-name``."""
+    for key, (kind, text) in reversed(FLAGS.items()):
+        name = flag_name(key)
+        decls = [f"{name}/--no-{name[2:]}"] if kind is bool else [name]
+        command = click.option(*decls, key, type=None if kind is bool else kind, default=None,
+                               help=f"{text} Default: the model's config.")(command)
+    return command
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
                epilog=EPILOG)
 @click.option("--model", "model", metavar="NAME", help=f"Model to train ({_model_names()}). Optional with --resume.")
 @click.option("--dataset", metavar="NAME", help="Dataset, one of the model's datasets (default: its first).")
-@click.option("--steps", type=int, help=f"Total optimiser steps of the run (with --resume: the new total). {FLAG_HELP}")
-@click.option("--batch-size", type=int, help=f"Images per step. {FLAG_HELP}")
-@click.option("--lr", type=float, help=f"Learning rate. {FLAG_HELP}")
-@click.option("--seed", type=int, help="Seed of all RNGs, of the data order and of model initialisation. default 0")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
               help="Where to train; cuda must be available.")
 @click.option("--out", metavar="DIR", help="Run directory. default runs/<model>-<dataset>")
@@ -179,26 +186,11 @@ log.jsonl, val.jsonl, loss.png, ckpt/step_XXXXXXXX.pt and figures/. Exit status:
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override one setting (repeatable); VALUE is read as JSON, else as a string. "
                    "Unknown keys are an error that lists the valid ones.")
-@click.option("--image-size", type=int, help=f"Image side in pixels. {FLAG_HELP}")
-@click.option("--num-train", type=int, help=f"Training-set size. {FLAG_HELP}")
-@click.option("--workers", type=int, help="DataLoader worker processes. default 0")
-@click.option("--log-every", type=int, help="Write a log.jsonl line every N steps. default 10")
-@click.option("--val-every", type=int, help="Validation loss every N steps (0: only at the end). default 500")
-@click.option("--ckpt-every", type=int, help="Checkpoint every N steps (0: only at the end). default 500")
-@click.option("--keep", type=int, help="Checkpoints kept (the newest). default 3")
-@click.option("--figures-every", type=int, help="Figures every N steps (0: only at the end). default 0")
-@click.option("--deterministic/--no-deterministic", default=None,
-              help="torch.use_deterministic_algorithms, warn-only (default on: needed for bit-exact "
-                   "--resume of conv models on a multi-threaded CPU).")
-def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, amend, config_file, sets, image_size,
-         num_train, workers, log_every, val_every, ckpt_every, keep, figures_every, deterministic):
+@setting_flags
+def main(model, dataset, device, out, resume, amend, config_file, sets, **given):
     """Train a structured scene model (model and guide from its recipe) with SVI."""
     from inference.training.trainer import Interrupted, Trainer, TrainingError
 
-    given = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, image_size=image_size,
-                 num_train=num_train, workers=workers, log_every=log_every, val_every=val_every,
-                 ckpt_every=ckpt_every, keep=keep, figures_every=figures_every, deterministic=deterministic)
-    assert set(given) == set(FLAG_KEYS.values())
     flags = {k: v for k, v in given.items() if v is not None}
     torch_device = _device(device)
     try:
@@ -223,7 +215,7 @@ def main(model, dataset, steps, batch_size, lr, seed, device, out, resume, amend
     try:
         try:
             trainer.prepare()
-        except ConfigError as e:  # data the settings cannot make (a cache_dir under a file, too few items)
+        except (ConfigError, DatasetError) as e:  # data the settings cannot make (a cache_dir under a file, too small images)
             raise click.UsageError(str(e)) from None
         except (TrainingError, ckpt_mod.CheckpointError) as e:
             raise click.ClickException(str(e)) from None

@@ -35,7 +35,7 @@ def tiny(**overrides):
 # ---------------------------------------------------------------------- schedules
 def test_default_ramp_is_unchanged():
     cfg = config()
-    assert cfg["beta_g_begin"] == 0 and cfg["schedule"] == "authors"
+    assert cfg["beta_g_begin"] is None and cfg["schedule"] == "authors"  # null: the schedule preset's
     beta = GNMRecipe().schedules(cfg)["beta_g"]
     assert beta(0) == 0 and beta(50_000) == pytest.approx(0.5) and beta(100_000) == 1.0
 
@@ -62,8 +62,10 @@ def test_budget_preset():
     # a key set explicitly keeps its value; beta_g_end is not part of the preset
     s = GNMRecipe().schedules(config(schedule="budget", beta_g_steps=4_000, beta_g_end=2.0))
     assert s["beta_g"](8_000) == pytest.approx(1.0) and s["beta_g"](10_000) == 2.0
-    # the authors' preset is the defaults
-    assert all(config()[k] == v for k, v in SCHEDULES["authors"].items())
+    # the authors' preset is the defaults; a key set to the authors' value keeps it under another preset
+    assert all(GNMRecipe.schedule_config(config())[k] == v for k, v in SCHEDULES["authors"].items())
+    s = GNMRecipe().schedules(config(schedule="budget", beta_g_begin=0, beta_g_steps=100_000))
+    assert s["beta_g"](50_000) == pytest.approx(0.5) and s["tau"](6_000) == 0.5
 
 
 @pytest.mark.parametrize("key,value,match", [
@@ -85,6 +87,18 @@ def test_runs_saved_before_these_settings_keep_the_authors_schedule():
     assert [old[k] for k in added] == ["authors", 0, 100, None]  # what those runs were trained with
     GNMRecipe().validate_config(old)
     assert GNMRecipe().schedules(old)["beta_g"](50_000) == pytest.approx(0.5)
+
+
+def test_runs_saved_before_null_annealing_keys_keep_their_preset():
+    """Such configs hold the authors' value where the ``schedule`` preset applied (gnm-mnist4 was
+    trained with schedule=budget so); a value set by hand stays."""
+    from inference.pretrained import info
+
+    shipped = GNMRecipe().complete_config(info("gnm-mnist4")["config"])
+    assert GNMRecipe.schedule_config(shipped) == {**shipped, **SCHEDULES["budget"]}
+    saved = {**config(), **SCHEDULES["authors"], "schedule": "budget", "tau_finish": 7_000}
+    completed = GNMRecipe.schedule_config(GNMRecipe().complete_config(saved))
+    assert completed == {**saved, **SCHEDULES["budget"], "tau_finish": 7_000}
 
 
 # ---------------------------------------------------------------------- KL_g per step and collapse

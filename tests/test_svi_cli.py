@@ -321,6 +321,17 @@ def test_unwritable_cache_dir_is_bad_input(tmp_path):
     assert "cannot make the train data: Permission denied" in result.output and not (tmp_path / "new").exists()
 
 
+def test_data_the_settings_cannot_make_is_bad_input(tmp_path, monkeypatch):
+    """Validation builds no data (GNM's did); the trainer's data step reports it, before any file."""
+    from inference.recipes.gnm import GNMRecipe
+    from inference.training.config import resolve_config
+
+    monkeypatch.setenv("PYRO_SCENES_MNIST", str(tmp_path / "nowhere"))
+    GNMRecipe().validate_config(resolve_config(GNMRecipe(), "mnist4"))
+    result = train("--model", "gnm", "--steps", 1, "--set", "cache_dir=", "--out", tmp_path / "new", expect=2)
+    assert f"MNIST path {tmp_path / 'nowhere'} does not exist" in result.output and not (tmp_path / "new").exists()
+
+
 def test_econ_diverging_at_step_0_stops_and_resumes_with_amend(tmp_path):
     run = tmp_path / "run"
     result = train(*ECON_TINY, "--set", "cache_dir=", "--set", "sigma_x=1e-30", "--out", run, expect=1)

@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from inference.recipes.settings import check, run_defaults
+
 
 @dataclass
 class EvalOptions:
@@ -45,6 +47,9 @@ class Recipe:
     #: settings whose default changed after runs were saved without them: the values those runs
     #: were trained with (:meth:`complete_config`); a setting absent here defaults as for a new run
     legacy_defaults: Dict = {}
+    #: the dataclass of the recipe's settings (a :class:`~inference.recipes.settings.RecipeSettings`
+    #: with bounds as field metadata) that :meth:`validate_config` checks
+    settings: Optional[type] = None
 
     # ------------------------------------------------------------------ training
     def default_config(self, dataset: str) -> Dict:
@@ -55,13 +60,15 @@ class Recipe:
         """A saved run's ``config`` with the settings added since it was saved: the values it was
         trained with (:attr:`legacy_defaults`, else today's defaults). Applied wherever a
         checkpoint's config is read (``--resume``, restore, pretrained models)."""
-        from inference.training.config import defaults_for
-
-        missing = {**defaults_for(self, config["dataset"]), **self.legacy_defaults}
+        missing = {**run_defaults(self, config["dataset"]), **self.legacy_defaults}
         return {**{k: v for k, v in missing.items() if k not in config}, **config}
 
     def validate_config(self, config: Dict) -> None:
-        """Raise ``ValueError`` naming the bad key when a value is invalid (called before anything is built)."""
+        """Raise ``ValueError`` naming the bad key when a value is invalid (called before anything
+        is built). The default checks the types and bounds of :attr:`settings`; a recipe adds the
+        checks that relate settings."""
+        if self.settings is not None:
+            check(self.settings, config)
 
     def build(self, config: Dict, device: torch.device) -> Tuple[torch.nn.Module, torch.nn.Module]:
         """Return ``(model, guide)`` on ``device``."""

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
+from datasets.cache import default_cache_dir
 from inference.recipes.base import Recipe
+from inference.recipes.settings import RecipeSettings, defaults, setting
 
 #: Appendix C.4's best models: latent size, beta, gamma, layers and features. lambda: the paper
 #: competes on L_x + L_r for unique colours (lambda = 1) and on L_r alone for random colours
@@ -17,12 +20,45 @@ PAPER_SETTINGS = {
     "sprites-random": dict(latent_dim=5, layers=3, features=32, beta=1.0, gamma=3.26, lam=0.0),
 }
 
-#: The CPU default keeps the paper's objective, K, T, latent size, beta, gamma and optimiser but
-#: shrinks the networks and images so a laptop CPU trains it: 32x32 images (the paper leaves the
-#: size open), 16 features, 3 conv blocks, a 3-block U-Net with 8 filters. ``--set`` restores
-#: the paper's networks (``decoder_features=32 encoder_features=32 attention_filters=32
-#: attention_blocks=4 decoder_layers=4 encoder_layers=4``, 64x64 with ``--image-size 64``).
-CPU_NETWORKS = dict(decoder_features=16, decoder_layers=3, encoder_features=16, encoder_layers=3, attention_filters=8, attention_blocks=3)
+
+@dataclass(kw_only=True)
+class ECONSettings(RecipeSettings):
+    """ECON's settings (``--set`` names); :meth:`ECONRecipe.default_config` gives the dataset's.
+
+    The CPU default keeps the paper's objective, K, T, latent size, beta, gamma and optimiser but
+    shrinks the networks and images so a laptop CPU trains it: 32x32 images (the paper leaves the
+    size open), 16 features, 3 conv blocks, a 3-block U-Net with 8 filters. ``--set`` restores the
+    paper's networks (``decoder_features=32 encoder_features=32 attention_filters=32
+    attention_blocks=4 decoder_layers=4 encoder_layers=4``, 64x64 with ``--image-size 64``).
+    """
+
+    num_val: int = setting(100, ge=1)
+    cache_dir: Optional[str] = setting(factory=lambda: str(default_cache_dir()))  # "" or null: no cache
+    #: objects per scene; more than 3 repeats classes (evaluate with num_layers >= num_objects + 1)
+    num_objects: int = setting(3, ge=1)
+    num_experts: int = setting(4, ge=1)
+    num_layers: int = setting(4, ge=1)
+    latent_dim: int = setting(ge=1)
+    sigma_x: float = setting(0.1, gt=0)
+    decoder_features: int = setting(16, ge=1)
+    decoder_layers: int = setting(3, ge=1)
+    encoder_features: int = setting(16, ge=1)
+    encoder_layers: int = setting(3, ge=1)
+    attention_filters: int = setting(8, ge=1)
+    attention_blocks: int = setting(3, ge=1)
+    beta: float = setting(ge=0)
+    gamma: float = setting(ge=0)
+    lam: float = setting(ge=0)
+    greedy: bool = setting(False)
+    #: the competition (docs/econ.md): experts scored per pixel of their regions (this project's
+    #: choice, measured there), with the literal exp(-score) draw; the temperature goes
+    #: geometrically from ``temperature`` to ``temperature_final`` over ``temperature_steps``
+    competition_per_pixel: bool = setting(True)
+    temperature: float = setting(1.0, gt=0)
+    temperature_final: float = setting(1.0, gt=0)
+    temperature_steps: int = setting(0, ge=0)
+    plateau_patience: int = setting(5, ge=1)
+    plateau_factor: float = setting(1 / math.sqrt(10), gt=0, lt=1)
 
 
 class ECONRecipe(Recipe):
@@ -31,47 +67,15 @@ class ECONRecipe(Recipe):
     metrics = ("ari", "fg-ari", "msc", "specialisation", "shape-iou")
     #: runs saved before the per-pixel competition became the default were scored summed
     legacy_defaults = dict(competition_per_pixel=False)
+    settings = ECONSettings
 
     def default_config(self, dataset: str) -> Dict:
-        from datasets.cache import default_cache_dir
-
-        s = PAPER_SETTINGS[dataset]
-        return dict(
-            dataset=dataset, image_size=32, num_train=50_000, num_val=100, cache_dir=str(default_cache_dir()),
-            num_objects=3,  # objects per scene; more than 3 repeats classes (evaluate with num_layers >= num_objects + 1)
-            steps=3000, batch_size=32, lr=5e-4, seed=0,
-            val_every=100, val_items=100,  # appendix C.3: validation loss every 100 iterations (100 scenes)
-            num_experts=4, num_layers=4, latent_dim=s["latent_dim"], sigma_x=0.1,
-            **CPU_NETWORKS,
-            beta=s["beta"], gamma=s["gamma"], lam=s["lam"], greedy=False,
-            # the competition (docs/econ.md): experts scored per pixel of their regions (this
-            # project's choice, measured there), with the literal exp(-score) draw; the temperature
-            # goes geometrically from `temperature` to `temperature_final` over `temperature_steps`
-            competition_per_pixel=True,
-            temperature=1.0, temperature_final=1.0, temperature_steps=0,
-            plateau_patience=5, plateau_factor=1 / math.sqrt(10),
-        )
+        paper = {k: PAPER_SETTINGS[dataset][k] for k in ("latent_dim", "beta", "gamma", "lam")}
+        return dict(defaults(ECONSettings, lr=5e-4, image_size=32, num_train=50_000, **paper), dataset=dataset,
+                    steps=3000, val_every=100, val_items=100)  # appendix C.3: validation loss every 100 iterations (100 scenes)
 
     def validate_config(self, config: Dict) -> None:
-        positive_int = ["image_size", "num_objects", "num_train", "num_val", "steps", "batch_size", "num_experts", "num_layers", "latent_dim",
-                        "decoder_features", "decoder_layers", "encoder_features", "encoder_layers", "attention_filters", "attention_blocks",
-                        "plateau_patience"]
-        for key in positive_int:
-            if not isinstance(config[key], int) or isinstance(config[key], bool) or config[key] < 1:
-                raise ValueError(f"{key} must be a positive integer, got {config[key]!r}")
-        for key in ["greedy", "competition_per_pixel"]:
-            if not isinstance(config[key], bool):
-                raise ValueError(f"{key} must be true or false, got {config[key]!r}")
-        if not isinstance(config["temperature_steps"], int) or isinstance(config["temperature_steps"], bool) or config["temperature_steps"] < 0:
-            raise ValueError(f"temperature_steps must be an integer >= 0, got {config['temperature_steps']!r}")
-        for key in ["lr", "sigma_x", "plateau_factor", "temperature", "temperature_final"]:
-            if not isinstance(config[key], (int, float)) or not config[key] > 0:
-                raise ValueError(f"{key} must be a positive number, got {config[key]!r}")
-        for key in ["beta", "gamma", "lam"]:
-            if not isinstance(config[key], (int, float)) or config[key] < 0:
-                raise ValueError(f"{key} must be a number >= 0, got {config[key]!r}")
-        if config["plateau_factor"] >= 1:
-            raise ValueError("plateau_factor must be < 1")
+        super().validate_config(config)
         size = config["image_size"]
         if size % 2 ** config["encoder_layers"] or size % 2 ** (config["attention_blocks"] - 1):
             raise ValueError(f"image_size {size} must be divisible by 2**encoder_layers and 2**(attention_blocks - 1)")

@@ -18,23 +18,27 @@ handlers: :class:`~inference.handlers.scale.ScaleSites` (``z_g_*`` by beta_g, mo
 
 Schedules: ``schedule="authors"`` (default) are the authors' (docs/gnm.md, "Training objective"; beta_g 0 -> 1
 over 100k steps); ``schedule="budget"`` (:data:`SCHEDULES`) fits about 20k steps: z^s and the
-digits are learned with beta_g = 0, then beta_g ramps, then the z^g prior catches up.
+digits are learned with beta_g = 0, then beta_g ramps, then the z^g prior catches up. The
+preset gives the annealing keys left at null; a key set to a number keeps it.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
+from datasets.cache import default_cache_dir
 from inference.recipes.base import Recipe
+from inference.recipes.settings import RecipeSettings, defaults, setting
+from pyro_scenes.gnm.config import PRESETS, preset
 
-_MNIST = ("mnist4", "mnist10", "mnist4-10")
 
-#: ``--set schedule=NAME``: the annealing settings each schedule preset fixes. ``authors`` are the
-#: authors' (supplement section 3; docs/gnm.md); ``budget`` fits about 20,000 steps (not yet validated
-#: by a full run): beta_g = 0 for steps 0-6k while z^s and the digits are learned (z_pres
+#: ``--set schedule=NAME``: the annealing settings each schedule preset gives the keys left at
+#: null. ``authors`` are the authors' (supplement section 3; docs/gnm.md); ``budget`` fits about
+#: 20,000 steps: beta_g = 0 for steps 0-6k while z^s and the digits are learned (z_pres
 #: temperature 1 -> 0.5 by step 6k), beta_g 0 -> beta_g_end over 6k-14k, then 6k steps at
 #: beta_g_end for the z^g prior to catch up. A ramp that starts at step 0 and is short collapses
 #: z^g (KL_g ~ 0.06 nats, empty generations; issue 9), hence the delayed start.
@@ -48,126 +52,110 @@ SCHEDULES = {
 COLLAPSE_NATS = 0.1
 
 
+@dataclass(kw_only=True)
+class GNMSettings(RecipeSettings):
+    """GNM's settings (``--set`` names); :meth:`GNMRecipe.default_config` gives the dataset's."""
+
+    #: architecture: the CPU presets by default (64x64); "mnist"/"arrow" are the authors' 128x128
+    preset: str = setting("cpu", choices=tuple(PRESETS))
+    draw_steps: int = setting(4, ge=1)  # 8: GNM-8 (supplement Table 1)
+    z_what_dim: int = setting(20, ge=1)
+    num_val: int = setting(6_000, ge=1)
+    cache_dir: Optional[str] = setting(factory=lambda: str(default_cache_dir()))  # "" or null: no cache
+    grad_clip: float = setting(1.0, gt=0)
+    #: the preset (:data:`SCHEDULES`) of the six annealing keys below that are null
+    schedule: str = setting("authors", choices=tuple(SCHEDULES))
+    #: beta_g: 0 until beta_g_begin, -> beta_g_end over beta_g_steps (beta_g_end = 2: GNM-beta-2)
+    beta_g_end: float = setting(1.0, ge=0)
+    beta_g_begin: Optional[int] = setting(None, ge=0)
+    beta_g_steps: Optional[int] = setting(None, ge=1)
+    #: z_pres Concrete temperature: tau_start -> tau_end over steps tau_begin..tau_finish
+    tau_start: float = setting(1.0, gt=0)
+    tau_end: float = setting(0.5, ge=0)
+    tau_begin: Optional[int] = setting(None, ge=0)
+    tau_finish: Optional[int] = setting(None, ge=0)
+    #: auxiliary KLs (supplement eqs. (3)-(5))
+    rho_start: float = setting(0.1, gt=0, lt=1)
+    rho_end: float = setting(0.001, gt=0, lt=1)
+    rho_steps: Optional[int] = setting(None, ge=1)
+    aux_where_mean: List[float] = setting([-1.6, 0.0, 0.0, 0.0], length=4)
+    aux_where_std: List[float] = setting([0.1, 0.3, 1.0, 1.0], length=4, gt=0)
+    aux_where_beta_start: float = setting(1.0, ge=0)
+    aux_where_beta_steps: int = setting(500, ge=0)
+    aux_bg_beta_start: float = setting(50.0, ge=0)
+    aux_bg_beta_steps: Optional[int] = setting(None, ge=0)
+    aux_gate_min: float = setting(1e-5, ge=0)
+    #: fixed-mask curriculum (Arrow)
+    curriculum: bool = setting(False)
+    curriculum_steps: int = setting(500, ge=0)
+    curriculum_alpha: float = setting(0.9, gt=0)
+    curriculum_pres_max: float = setting(0.99, gt=0)
+    #: evaluation; validation_metrics: layout rate of this many mode generations (0: none)
+    ll_particles: int = setting(100, ge=1)
+    val_generations: int = setting(100, ge=0)
+    #: pixel std of the image likelihood; null: the preset's (0.2). docs/gnm.md, "Why the
+    #: digits look alike": at 64 px, 0.1 makes a digit's identity worth 4x more nats
+    sigma: Optional[float] = setting(None, gt=0)
+
+
+#: how the Arrow scenes' defaults differ (RGB with a background, docs/gnm.md)
+ARROW = dict(preset="arrow-cpu", z_what_dim=32, aux_where_mean=[-1.5, 0.0, 0.0, 0.0], aux_where_beta_start=10.0,
+             curriculum=True)
+
+
 class GNMRecipe(Recipe):
     """``python -m inference.svi --model gnm --dataset mnist4`` (see docs/gnm.md)."""
 
     name = "gnm"
     datasets = ("mnist4", "mnist10", "mnist4-10", "arrow")
     metrics = ("box-ap", "count-accuracy", "ll", "s-acc", "d-steps", "representation")
+    #: runs saved before beta_g_begin existed ramped beta_g from step 0
+    legacy_defaults = dict(beta_g_begin=0)
+    settings = GNMSettings
 
     # ------------------------------------------------------------------ config
     def default_config(self, dataset: str) -> Dict:
-        from datasets.cache import default_cache_dir
+        arrow = ARROW if dataset == "arrow" else {}
+        # optimisation: the authors' (docs/gnm.md, "Commands")
+        return dict(defaults(GNMSettings, lr=1e-4, image_size=64, num_train=60_000, **arrow), dataset=dataset)
 
-        arrow = dataset == "arrow"
-        authors = SCHEDULES["authors"]
-        return dict(
-            dataset=dataset,
-            # architecture: the CPU presets by default (64x64); "mnist"/"arrow" are the authors' 128x128
-            preset="arrow-cpu" if arrow else "cpu",
-            image_size=64,
-            draw_steps=4,  # 8: GNM-8 (supplement Table 1)
-            z_what_dim=32 if arrow else 20,
-            # data
-            num_train=60_000, num_val=6_000, cache_dir=str(default_cache_dir()),
-            # optimisation: the authors' (docs/gnm.md, "Commands")
-            batch_size=32, lr=1e-4, grad_clip=1.0,
-            # schedule preset (SCHEDULES): "authors" or "budget"; it sets the keys below that are
-            # left at the authors' values (a key set to another value wins)
-            schedule="authors",
-            # beta_g: 0 until beta_g_begin, -> beta_g_end over beta_g_steps (beta_g_end = 2: GNM-beta-2)
-            beta_g_end=1.0, beta_g_begin=authors["beta_g_begin"], beta_g_steps=authors["beta_g_steps"],
-            # z_pres Concrete temperature: tau_start -> tau_end over steps tau_begin..tau_finish
-            tau_start=1.0, tau_end=0.5, tau_begin=authors["tau_begin"], tau_finish=authors["tau_finish"],
-            # auxiliary KLs (supplement eqs. (3)-(5))
-            rho_start=0.1, rho_end=0.001, rho_steps=authors["rho_steps"],
-            aux_where_mean=[-1.5 if arrow else -1.6, 0.0, 0.0, 0.0],
-            aux_where_std=[0.1, 0.3, 1.0, 1.0],
-            aux_where_beta_start=10.0 if arrow else 1.0, aux_where_beta_steps=500,
-            aux_bg_beta_start=50.0, aux_bg_beta_steps=authors["aux_bg_beta_steps"],
-            aux_gate_min=1e-5,
-            # fixed-mask curriculum (Arrow)
-            curriculum=arrow, curriculum_steps=500, curriculum_alpha=0.9, curriculum_pres_max=0.99,
-            # evaluation; validation_metrics: layout rate of this many mode generations (0: none)
-            ll_particles=100, val_generations=100,
-            # pixel std of the image likelihood; None: the preset's (0.2). docs/gnm.md, "Why the
-            # digits look alike": at 64 px, 0.1 makes a digit's identity worth 4x more nats
-            sigma=None,
-        )
+    def complete_config(self, config: Dict) -> Dict:
+        """:meth:`Recipe.complete_config`; in a config saved before the annealing keys could be null
+        (none of them is), a key at the authors' value followed the ``schedule`` preset: null now."""
+        config = super().complete_config(config)
+        if all(config[k] is not None for k in SCHEDULES["authors"]):
+            config.update({k: None for k, v in SCHEDULES["authors"].items() if config[k] == v})
+        return config
 
     @staticmethod
     def schedule_config(config: Dict) -> Dict:
-        """``config`` with its ``schedule`` preset applied: every key of :data:`SCHEDULES` still at
-        the authors' value takes the preset's; a key set to anything else keeps its value."""
-        name = config.get("schedule", "authors")
-        if not isinstance(name, str) or name not in SCHEDULES:
-            raise ValueError(f"schedule {name!r}: choose one of {', '.join(SCHEDULES)}")
-        out = dict(config)
-        for key, value in SCHEDULES[name].items():
-            if out[key] == SCHEDULES["authors"][key]:
-                out[key] = value
-        return out
+        """``config`` with the ``schedule`` preset's value for each annealing key that is null."""
+        preset = SCHEDULES[config["schedule"]]
+        return {**config, **{k: v for k, v in preset.items() if config[k] is None}}
 
     def model_config(self, config: Dict):
-        from pyro_scenes.gnm import preset
-
+        """The :class:`~pyro_scenes.gnm.GNMConfig` of ``config``: its ``preset`` with ``draw_steps``,
+        ``z_what_dim`` and ``sigma`` (when set; the preset's pixel std of p(x | z) otherwise)."""
         overrides = dict(draw_steps=config["draw_steps"], z_what_dim=config["z_what_dim"])
-        if config.get("sigma") is not None:  # the preset's pixel std of p(x | z) otherwise (docs/gnm.md)
+        if config["sigma"] is not None:
             overrides["sigma"] = config["sigma"]
-        name = config["preset"]
-        from pyro_scenes.gnm.config import PRESETS
-
-        if name not in PRESETS:
-            raise ValueError(f"preset {name!r}: choose one of {', '.join(PRESETS)}")
-        if config["image_size"] != PRESETS[name].image_size:
-            raise ValueError(f"image_size={config['image_size']} but preset {name!r} is built for "
-                             f"{PRESETS[name].image_size}x{PRESETS[name].image_size} images; set both (e.g. "
-                             f"--set preset=mnist --image-size 128)")
-        cfg = preset(name, **overrides)
-        want = 3 if config["dataset"] == "arrow" else 1
-        if cfg.channels != want:
-            raise ValueError(f"preset {name!r} has {cfg.channels} channel(s) but dataset {config['dataset']!r} has {want}")
-        return cfg
+        return preset(config["preset"], **overrides)
 
     def validate_config(self, config: Dict) -> None:
-        config = self.schedule_config(config)
-        sigma = config.get("sigma")
-        if sigma is not None and (isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0):
-            raise ValueError(f"sigma must be a positive number or null, got {sigma!r}")
-        for key in ["draw_steps", "z_what_dim", "num_train", "num_val", "batch_size", "beta_g_steps", "rho_steps",
-                    "ll_particles", "image_size"]:
-            v = config[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{key} must be a positive integer, got {v!r}")
-        for key in ["lr", "grad_clip", "tau_start", "rho_start", "rho_end", "curriculum_alpha", "curriculum_pres_max"]:
-            v = config[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"{key} must be a positive number, got {v!r}")
-        for key in ["tau_end", "beta_g_end", "aux_where_beta_start", "aux_bg_beta_start", "aux_gate_min"]:
-            v = config[key]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                raise ValueError(f"{key} must be a number >= 0, got {v!r}")
-        for key in ["beta_g_begin", "tau_begin", "tau_finish", "aux_where_beta_steps", "aux_bg_beta_steps", "curriculum_steps",
-                    "val_generations"]:
-            v = config[key]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"{key} must be a non-negative integer, got {v!r}")
-        if config["tau_finish"] < config["tau_begin"]:
-            raise ValueError("tau_finish must be >= tau_begin")
-        if not (config["rho_start"] < 1 and config["rho_end"] < 1):
-            raise ValueError("rho_start and rho_end must lie in (0, 1)")
-        for key in ["aux_where_mean", "aux_where_std"]:
-            v = config[key]
-            if not (isinstance(v, list) and len(v) == 4 and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in v)):
-                raise ValueError(f"{key} must be a list of 4 numbers, got {v!r}")
-        if min(config["aux_where_std"]) <= 0:
-            raise ValueError("aux_where_std must be positive")
-        if not isinstance(config["curriculum"], bool):
-            raise ValueError(f"curriculum must be true or false, got {config['curriculum']!r}")
+        super().validate_config(config)
+        built_for = PRESETS[config["preset"]]
+        if config["image_size"] != built_for.image_size:
+            raise ValueError(f"image_size={config['image_size']} but preset {config['preset']!r} is built for "
+                             f"{built_for.image_size}x{built_for.image_size} images; set both (e.g. "
+                             f"--set preset=mnist --image-size 128)")
+        want = 3 if config["dataset"] == "arrow" else 1
+        if built_for.channels != want:
+            raise ValueError(f"preset {config['preset']!r} has {built_for.channels} channel(s) but dataset "
+                             f"{config['dataset']!r} has {want}")
+        scheduled = self.schedule_config(config)
+        if scheduled["tau_finish"] < scheduled["tau_begin"]:
+            raise ValueError(f"tau_finish ({scheduled['tau_finish']}) must be >= tau_begin ({scheduled['tau_begin']})")
         self.model_config(config).validate()
-        from datasets import make_dataset
-
-        make_dataset(config["dataset"], "val", num_scenes=1, image_size=config["image_size"], seed=config["seed"])  # lazy: only checks settings
 
     # ------------------------------------------------------------------ build
     def build(self, config: Dict, device: torch.device):

@@ -1,30 +1,24 @@
 """Resolve the hyper-parameters of a run: defaults < ``--config`` < explicit flags < ``--set``.
 
 The resolved config is one flat, JSON-serialisable dict. It holds the trainer's own keys
-(:data:`TRAINER_DEFAULTS`), every key of ``recipe.default_config(dataset)`` (a recipe may override a
-trainer default, e.g. ``batch_size``), and the reserved keys ``model`` and ``dataset``.
+(:class:`~inference.recipes.settings.TrainerSettings`), every key of
+``recipe.default_config(dataset)`` (a recipe may override a trainer default, e.g. ``batch_size``),
+and the reserved keys ``model`` and ``dataset``. The flags of ``inference.svi`` are the fields
+declared with a ``flag`` (:data:`~inference.recipes.settings.FLAGS`).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
-#: keys the trainer itself reads; recipes see them too and may override the defaults
-TRAINER_DEFAULTS: Dict[str, Any] = {
-    "steps": 1000,          # total optimiser updates of the run
-    "batch_size": 32,
-    "seed": 0,
-    "workers": 0,           # DataLoader worker processes
-    "log_every": 10,        # one log.jsonl line per this many steps
-    "val_every": 500,       # validation loss (and plateau-scheduler step) every this many steps; 0: never
-    "val_items": 128,       # number of validation items the validation loss averages over
-    "ckpt_every": 500,      # checkpoint every this many steps; 0: only at the end
-    "keep": 3,              # checkpoints kept
-    "figures_every": 0,     # figures every this many steps; 0: only at the end
-    "deterministic": True,  # torch.use_deterministic_algorithms (warn-only): CPU conv backward is not
-                            # bitwise reproducible with several threads without it
-}
+from inference.recipes.settings import (
+    FLAGS, ConfigError, RecipeSettings, TrainerSettings, check, defaults, flag_name, run_defaults,
+)
+
+#: the trainer's own keys and their defaults (:class:`~inference.recipes.settings.TrainerSettings`)
+TRAINER_DEFAULTS: Dict[str, Any] = defaults(TrainerSettings)
 
 #: keys set by ``--model`` / ``--dataset`` only
 RESERVED_KEYS = ("model", "dataset")
@@ -33,28 +27,10 @@ RESERVED_KEYS = ("model", "dataset")
 AMENDMENTS_KEY = "amendments"
 
 #: keys that may change when a run is resumed (they do not change the numbers of a step)
-RESUMABLE_KEYS = ("steps", "workers", "log_every", "ckpt_every", "keep", "figures_every", "deterministic")
+RESUMABLE_KEYS = tuple(f.name for f in fields(TrainerSettings) if f.metadata.get("resumable"))
 
-#: CLI flag -> config key
-FLAG_KEYS = {
-    "--steps": "steps",
-    "--batch-size": "batch_size",
-    "--lr": "lr",
-    "--seed": "seed",
-    "--image-size": "image_size",
-    "--num-train": "num_train",
-    "--workers": "workers",
-    "--log-every": "log_every",
-    "--val-every": "val_every",
-    "--ckpt-every": "ckpt_every",
-    "--keep": "keep",
-    "--figures-every": "figures_every",
-    "--deterministic": "deterministic",
-}
-
-
-class ConfigError(ValueError):
-    """A bad hyper-parameter; the message names the key (or file) and the problem."""
+#: config key -> its flag (``batch_size`` -> ``--batch-size``), for the settings that have one
+FLAG_NAME = {key: flag_name(key) for key in FLAGS}
 
 
 def parse_value(text: str) -> Any:
@@ -134,12 +110,7 @@ def check_keys(keys: Iterable[str], valid: Mapping[str, Any], source: str) -> No
 
 def defaults_for(recipe, dataset: str) -> Dict[str, Any]:
     """Trainer defaults overlaid with the recipe's defaults for ``dataset`` (reserved keys excluded)."""
-    config = dict(TRAINER_DEFAULTS)
-    recipe_config = dict(recipe.default_config(dataset))
-    for key in RESERVED_KEYS:
-        recipe_config.pop(key, None)
-    config.update(recipe_config)
-    return config
+    return {k: v for k, v in run_defaults(recipe, dataset).items() if k not in RESERVED_KEYS}
 
 
 def merge(base: Dict[str, Any], overrides: Mapping[str, Any], source: str) -> Dict[str, Any]:
@@ -160,8 +131,7 @@ def resolve_config(recipe, dataset: str, file_config: Optional[Mapping[str, Any]
     config = merge(config, file_config, file_label)
     for key, value in (flags or {}).items():
         if key not in config:
-            flag = next(f for f, k in FLAG_KEYS.items() if k == key)
-            raise ConfigError(f"{flag}: model {recipe.name!r} has no {key!r} setting")
+            raise ConfigError(f"{FLAG_NAME[key]}: model {recipe.name!r} has no {key!r} setting")
         config[key] = coerce(key, value, config[key], FLAG_NAME.get(key, key))
     reserved = [k for k in (sets or {}) if k in RESERVED_KEYS]
     if reserved:
@@ -172,33 +142,11 @@ def resolve_config(recipe, dataset: str, file_config: Optional[Mapping[str, Any]
     return config
 
 
-FLAG_NAME = {key: flag for flag, key in FLAG_KEYS.items()}
-
-
-def _positive_int(config, key):
-    v = config.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise ConfigError(f"{FLAG_NAME.get(key, key)}={v!r}: must be a positive integer")
-
-
-def _non_negative_int(config, key):
-    v = config.get(key)
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise ConfigError(f"{FLAG_NAME.get(key, key)}={v!r}: must be a non-negative integer")
-
-
 def validate_trainer_config(config: Mapping[str, Any]) -> None:
-    """The trainer's own checks; the recipe's ``validate_config`` runs after these."""
-    for key in ("steps", "batch_size", "log_every", "keep", "val_items"):
-        _positive_int(config, key)
-    for key in ("seed", "workers", "val_every", "ckpt_every", "figures_every"):
-        _non_negative_int(config, key)
-    if "lr" in config:
-        lr = config["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0) or lr == float("inf"):
-            raise ConfigError(f"--lr={lr!r}: must be a positive number")
-    if not isinstance(config.get("deterministic"), bool):
-        raise ConfigError(f"--deterministic={config.get('deterministic')!r}: must be true or false")
+    """The trainer's own checks (its keys, and those of :class:`RecipeSettings` the config has);
+    the recipe's ``validate_config`` runs after these."""
+    check(TrainerSettings, config)
+    check(RecipeSettings, config, partial=True)
     try:
         json.dumps(dict(config), allow_nan=False)
     except (TypeError, ValueError) as e:
