@@ -89,6 +89,47 @@ def test_resume_with_dataloader_workers_matches_in_process_loading(toy, tmp_path
     assert_same_training_state(final(tmp_path / "w0"), final(tmp_path / "w2"))
 
 
+GNM_TINY = ["--model", "gnm", "--dataset", "arrow", "--batch-size", 2, "--num-train", 8, "--image-size", 32,
+            "--set", "preset=arrow-tiny", "--set", "z_what_dim=6", "--set", "num_val=2", "--set", "cache_dir=",
+            "--val-every", 0, "--log-every", 1,
+            # every annealed quantity moves during the 6 steps, and the fixed-mask curriculum ends at step 3
+            "--set", "beta_g_steps=4", "--set", "tau_begin=1", "--set", "tau_finish=5", "--set", "rho_steps=3",
+            "--set", "aux_where_beta_steps=4", "--set", "aux_bg_beta_steps=4", "--set", "curriculum_steps=3"]
+
+
+def test_gnm_resume_after_an_interrupt_is_bit_identical(tmp_path, monkeypatch):
+    """GNM with its step-dependent schedules (beta_g, tau, rho, beta_where, beta_bg, the Arrow
+    curriculum): Ctrl-C inside step 3, --resume, and the run ends bit-identical to an
+    uninterrupted one."""
+    from inference.recipes.gnm import GNMRecipe
+
+    # figures take most of the time here and never touch the training state
+    # (test_validation_and_figures_do_not_change_training)
+    monkeypatch.setattr(GNMRecipe, "figures", lambda self, *args: [])
+    train(*GNM_TINY, "--steps", 6, "--out", tmp_path / "one")
+    original = GNMRecipe.loss
+
+    def loss(self, model, guide, images, step, config):
+        if step == 3 and torch.is_grad_enabled():
+            raise KeyboardInterrupt
+        return original(self, model, guide, images, step, config)
+
+    monkeypatch.setattr(GNMRecipe, "loss", loss)
+    result = train(*GNM_TINY, "--steps", 6, "--out", tmp_path / "two", expect=130)
+    assert "interrupted at step 3" in result.output
+    monkeypatch.setattr(GNMRecipe, "loss", original)
+    train("--resume", "--out", tmp_path / "two")
+    one, two = final(tmp_path / "one"), final(tmp_path / "two")
+    assert one["step"] == two["step"] == 6
+    assert_same_training_state(one, two)
+    log1, log2 = read_jsonl(tmp_path / "one" / "log.jsonl"), read_jsonl(tmp_path / "two" / "log.jsonl")
+    assert [r["step"] for r in log1] == [r["step"] for r in log2] == [1, 2, 3, 4, 5, 6]
+    assert no_times(log1) == no_times(log2)
+    # the schedules did change across the interruption
+    for key in ("beta_g", "tau", "rho"):
+        assert len({r["logs"][key] for r in log1}) >= 4, key
+
+
 def test_keyboard_interrupt_writes_checkpoint_and_resume_is_exact(toy, tmp_path):
     train("--model", "toy", "--steps", 12, "--out", tmp_path / "one")
     toy.interrupt_at = 6  # Ctrl-C arrives inside step 6, before its update
