@@ -1,5 +1,6 @@
 """python -m inference.evaluate: error paths and end-to-end runs on tiny untrained checkpoints."""
 import json
+import math
 
 import pyro
 import pytest
@@ -151,3 +152,173 @@ def test_figures_cli(tmp_path, econ_run):
     assert all((tmp_path / p.rsplit("/", 1)[-1]).stat().st_size > 1000 for p in written)
     r = CliRunner().invoke(figures_cli, [str(tmp_path / "missing")])
     assert r.exit_code == 1 and "no such checkpoint" in r.output
+
+
+# ------------------------------------------------------------------------------ oracles
+# A guide that returns the ground truth of each held-out scene must score perfectly through
+# inference.evaluate: anything lower is a bug of the evaluation (layer order, box coordinates,
+# matching), not of a model. The oracle finds each image's scene in the split by its pixels.
+def _truth(recipe, config, n):
+    from inference.evaluation.data import scenes
+
+    batch = scenes(recipe.make_dataset(config, "test"), 0, n)
+    index = {img.numpy().tobytes(): i for i, img in enumerate(batch["image"])}
+    assert len(index) == n
+    return batch, index
+
+
+def _scene_index(index, x):
+    return torch.tensor([index[img.detach().cpu().numpy().tobytes()] for img in x])
+
+
+class ECONOracle(torch.nn.Module):
+    """ECON's guide sites with the truth: layer t holds object t - 2 (the objects are painted in
+    index order, so the last one is the front layer T), layer 1 the background; the winning
+    expert is the object's class (background: expert K - 1); z_t = (scene, object) so that the
+    oracle decoder below draws the object's true full shape."""
+
+    def __init__(self, model, truth, index):
+        super().__init__()
+        self.num_experts, self.num_layers, self.latent_dim = model.num_experts, model.num_layers, model.latent_dim
+        self.truth, self.index = truth, index
+
+    def forward(self, x, batch_size=None, num_layers=None):
+        import pyro.distributions as dist
+
+        idx = _scene_index(self.index, x)
+        B, K = len(idx), self.num_experts
+        labels, seg = self.truth["labels"][idx], self.truth["segmentation"][idx]
+        T = num_layers or self.num_layers
+        assert T == labels.shape[1] + 1
+        with pyro.plate("batch", B, dim=-1):
+            for t in range(T, 0, -1):
+                obj = t - 2
+                expert = labels[:, obj] if obj >= 0 else torch.full((B,), K - 1)
+                score = torch.full((B, K), 1e3)
+                score[torch.arange(B), expert] = 0.0
+                pyro.sample(f"k_{t}", dist.Categorical(logits=-score), infer={"competition_scores": score})
+                z = torch.zeros(B, self.latent_dim)
+                z[:, 0], z[:, 1] = idx.float(), float(obj)
+                pyro.sample(f"z_{t}", dist.Delta(z, event_dim=1))
+                pyro.sample(f"r_{t}", dist.Delta((seg == obj + 1).float()[:, None], event_dim=3))
+
+
+class ECONOracleDecoder(torch.nn.Module):
+    """z = (scene, object) -> the object's true colour and full mask (background: all ones)."""
+
+    def __init__(self, truth):
+        super().__init__()
+        self.truth = truth
+
+    def forward(self, z, experts=None):
+        idx, obj = z[..., 0].long(), z[..., 1].long()
+        masks = torch.where((obj >= 0)[..., None, None], self.truth["masks"][idx, obj.clamp_min(0)], True)
+        colours = torch.where((obj >= 0)[..., None], self.truth["colors"][idx, obj.clamp_min(0)], self.truth["background_color"][idx])
+        return colours[..., None, None] * torch.ones_like(masks[..., None, :, :], dtype=torch.float), masks[..., None, :, :].float()
+
+
+def test_an_oracle_econ_guide_scores_perfectly_through_evaluate(tmp_path, econ_run, monkeypatch):
+    import inference.evaluate as evaluation
+
+    real_open_run = evaluation.open_run
+    n = 12
+
+    def open_oracle(path, device="cpu", overrides=None):
+        file, recipe, config, model, guide, step = real_open_run(path, device, overrides)
+        truth, index = _truth(recipe, config, n)
+        model.decoder = ECONOracleDecoder(truth)
+        return file, recipe, config, model, ECONOracle(model, truth, index), step
+
+    monkeypatch.setattr(evaluation, "open_run", open_oracle)
+    report = evaluate(econ_run, num_samples=n, batch_size=5, out=tmp_path / "oracle.json", plots=False, progress=False)
+    res = report["results"]
+    for key in ("ari", "fg-ari", "msc", "specialisation", "specialisation_with_background", "shape-iou"):
+        assert res[key] == pytest.approx(1.0, abs=1e-6), (key, res[key])
+    assert res["shape-iou_count"] > 0 and res["experts_distinct"]
+    assert res["best_expert_per_class"] == {"circle": 0, "square": 1, "triangle": 2, "background": 3}
+    assert res["win_share"][0] == [0.0, 0.0, 0.0, 1.0]  # layer 1 (the back) is always the background expert
+
+
+class GNMOracleEncoder(torch.nn.Module):
+    """f^x of the right shape whose every entry is the scene's index."""
+
+    def __init__(self, cfg, index):
+        super().__init__()
+        self.cfg, self.index = cfg, index
+
+    def forward(self, x):
+        idx = _scene_index(self.index, x).float()
+        return idx[:, None, None, None].expand(-1, self.cfg.hidden, self.cfg.grid, self.cfg.grid).contiguous()
+
+
+class GNMOracleZs(torch.nn.Module):
+    """z^s of the truth: each object in the cell holding its box centre (cell = row * G + column),
+    z_where raw from its pixel box by the inverse of docs/gnm.md's transform, written out here:
+    ``s = sigmoid(raw_0)``, ``r = exp(raw_1)``, widths ``(s / sqrt(r), s sqrt(r))`` of the image,
+    centre ``(2 / G) (cell + 0.5 + tanh(raw_2:4)) - 1``."""
+
+    def __init__(self, cfg, truth):
+        super().__init__()
+        self.cfg, self.truth = cfg, truth
+
+    def forward(self, feat):
+        G, S = self.cfg.grid, self.cfg.image_size
+        idx = feat[:, 0, 0, 0].round().long()
+        B, cells = len(idx), G * G
+        out = dict(pres_logits=torch.full((B, cells), -8.0), where_loc=torch.zeros(B, cells, 4),
+                   depth_loc=torch.zeros(B, cells, 1), what_loc=torch.zeros(B, cells, self.cfg.z_what_dim))
+        for b, i in enumerate(idx.tolist()):
+            for (x0, y0, x1, y1), ok in zip(self.truth["boxes"][i].tolist(), self.truth["valid"][i].tolist()):
+                if not ok:
+                    continue
+                col, row = int((x0 + x1) / 2 // (S / G)), int((y0 + y1) / 2 // (S / G))
+                cell = row * G + col
+                assert out["pres_logits"][b, cell] < 0, "two objects in one cell: the oracle cannot place both"
+                wx, wy = (x1 - x0) / S, (y1 - y0) / S
+                s, r = math.sqrt(wx * wy), wy / wx
+                shift_x, shift_y = (x0 + x1) / 2 / (S / G) - col - 0.5, (y0 + y1) / 2 / (S / G) - row - 0.5
+                out["pres_logits"][b, cell] = 8.0
+                out["where_loc"][b, cell] = torch.tensor([math.log(s / (1 - s)), math.log(r), math.atanh(shift_x), math.atanh(shift_y)])
+        out.update(where_scale=torch.ones_like(out["where_loc"]), depth_scale=torch.ones_like(out["depth_loc"]),
+                   what_scale=torch.ones_like(out["what_loc"]))
+        return out
+
+
+def test_an_oracle_gnm_guide_scores_perfectly_through_evaluate(tmp_path, gnm_run, monkeypatch):
+    """The guide's own infer() runs, on an encoder and z^s network that return the truth, so
+    the boxes pass through the model's z_where -> pixel transform before they are scored."""
+    import inference.evaluate as evaluation
+
+    real_open_run = evaluation.open_run
+    n = 12
+
+    def open_oracle(path, device="cpu", overrides=None):
+        file, recipe, config, model, guide, step = real_open_run(path, device, overrides)
+        truth, index = _truth(recipe, config, n)
+        guide.encoder = GNMOracleEncoder(model.cfg, index)
+        model.zs_net = GNMOracleZs(model.cfg, truth)
+        return file, recipe, config, model, guide, step
+
+    monkeypatch.setattr(evaluation, "open_run", open_oracle)
+    report = evaluate(gnm_run, metrics=["box-ap", "count-accuracy"], num_samples=n, batch_size=5, out=tmp_path / "oracle.json",
+                      plots=False, progress=False)
+    res = report["results"]
+    assert res["box-ap@0.5"] == pytest.approx(1.0) and res["box-ap@[.5:.95]"] == pytest.approx(1.0)
+    assert res["count-accuracy"] == 1.0
+
+
+def test_figures_module_entry_point_on_a_gnm_run(tmp_path_factory, tmp_path):
+    """``python -m inference.figures`` in a fresh process: GNM's three figures, one path per line."""
+    run = _make_run(tmp_path_factory.mktemp("gnm_tiny"), "gnm", "arrow", preset="arrow-tiny", image_size=32, z_what_dim=6)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(__import__("os").environ, OMP_NUM_THREADS="1", PYTHONPATH=str(root))
+    res = subprocess.run([sys.executable, "-m", "inference.figures", str(run), "--out", str(tmp_path), "--num-images", "2"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    written = res.stdout.split()
+    assert [p.rsplit("/", 1)[-1] for p in written] == ["gnm_reconstructions.png", "gnm_generations.png", "gnm_zs_resampling.png"]
+    assert all(Path(p).parent == tmp_path and Path(p).stat().st_size > 1000 for p in written)
