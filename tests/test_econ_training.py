@@ -18,6 +18,7 @@ def run(*args):
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_resume_equals_one_run(tmp_path):
     one, split = tmp_path / "one", tmp_path / "split"
     assert run(*TINY, "--steps", "4", "--out", str(one)).exit_code == 0
@@ -48,6 +49,7 @@ def test_bad_input_names_the_problem(tmp_path, bad, message):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_a_run_saved_before_newer_settings_existed_still_resumes(tmp_path):
     """Runs made before num_objects, the temperature and the per-pixel competition existed resume
     with the values they were trained with (the recipe's legacy_defaults), else today's defaults."""

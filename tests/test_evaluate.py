@@ -307,6 +307,7 @@ def test_an_oracle_gnm_guide_scores_perfectly_through_evaluate(tmp_path, gnm_run
     assert res["count-accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_figures_module_entry_point_on_a_gnm_run(tmp_path_factory, tmp_path):
     """``python -m inference.figures`` in a fresh process: GNM's three figures, one path per line."""
     run = _make_run(tmp_path_factory.mktemp("gnm_tiny"), "gnm", "arrow", preset="arrow-tiny", image_size=32, z_what_dim=6)

@@ -135,6 +135,7 @@ def test_the_loss_draws_z_pres_at_the_scheduled_temperature_in_model_and_guide(s
     assert gtr.nodes["z_pres"]["fn"].temperature == mtr.nodes["z_pres"]["fn"].temperature == pytest.approx(tau)
 
 
+@pytest.mark.slow
 def test_cli_run_and_likelihood(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     out = tmp_path / "run"

@@ -41,6 +41,7 @@ def test_bad_input_exits_2_and_writes_nothing(tmp_path, args, words):
     assert sorted(os.listdir(tmp_path)) == ["folder.png"] and not os.listdir(tmp_path / "folder.png")
 
 
+@pytest.mark.slow
 def test_largest_grid_is_written(tmp_path):
     result = subprocess.run([sys.executable, "-m", "datasets.preview", "--dataset", "sprites-unique", "--image-size",
                              "32", "--num", str(MAX_NUM), "--out", str(tmp_path / "g.png")],

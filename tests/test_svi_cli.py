@@ -48,6 +48,7 @@ def test_help_documents_every_option():
     assert "econ" in out and "gnm" in out and "--set KEY=VALUE" in out
 
 
+@pytest.mark.slow
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "inference.svi", "--help"], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
@@ -332,6 +333,7 @@ def test_data_the_settings_cannot_make_is_bad_input(tmp_path, monkeypatch):
     assert f"MNIST path {tmp_path / 'nowhere'} does not exist" in result.output and not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_econ_diverging_at_step_0_stops_and_resumes_with_amend(tmp_path):
     run = tmp_path / "run"
     result = train(*ECON_TINY, "--set", "cache_dir=", "--set", "sigma_x=1e-30", "--out", run, expect=1)

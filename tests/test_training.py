@@ -97,6 +97,7 @@ GNM_TINY = ["--model", "gnm", "--dataset", "arrow", "--batch-size", 2, "--num-tr
             "--set", "aux_where_beta_steps=4", "--set", "aux_bg_beta_steps=4", "--set", "curriculum_steps=3"]
 
 
+@pytest.mark.slow
 def test_gnm_resume_after_an_interrupt_is_bit_identical(tmp_path, monkeypatch):
     """GNM with its step-dependent schedules (beta_g, tau, rho, beta_where, beta_bg, the Arrow
     curriculum): Ctrl-C inside step 3, --resume, and the run ends bit-identical to an
