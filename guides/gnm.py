@@ -52,16 +52,15 @@ class GNMGuide(nn.Module):
         fx = self.encoder(x)
         with contextlib.ExitStack() as stack:
             if mode:
-                stack.enter_context(ModeSites([f"z_g_{l + 1}" for l in range(cfg.draw_steps)] + ["z_pres", "z_where", "z_depth", "z_what", "z_bg"]))
+                stack.enter_context(ModeSites())
             with pyro.plate("batch", B, dim=-2):
-                model.draw.forget()
                 dec_state = model.draw.init_state((B,))
                 enc_state = self.draw_encoder.init_state((B,))
                 for l in range(cfg.draw_steps):
                     loc, scale, enc_state = self.draw_encoder(fx, dec_state, enc_state)
                     z = pyro.sample(f"z_g_{l + 1}", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
                     if l + 1 < cfg.draw_steps:  # the last canvas update is not needed by q
-                        dec_state = model.draw.cached_step(l, z, dec_state, record=True)
+                        dec_state = model.draw.step(z.squeeze(-2), dec_state)
                 zs = model.zs_distributions(model.zs_net(fx))
                 with pyro.plate("cells", cfg.num_cells, dim=-1):
                     z_pres = pyro.sample("z_pres", zs["z_pres"])

@@ -1,4 +1,5 @@
 """GNM model and guide: architecture, sites, generation, rendering, Pyro tools."""
+import copy
 import warnings
 
 import pyro
@@ -326,44 +327,25 @@ def test_input_validation():
         GNMGuide(torch.nn.Linear(2, 2))
 
 
-def test_structdraw_memo_reuses_only_identical_inputs():
-    import copy
-
+def test_the_guide_passes_the_model_nothing_but_the_sites(monkeypatch):
+    """No hidden state between guide and model: the model replayed on a guide trace decodes every
+    z^g itself and equals the model conditioned on copies of the latent values; the guide's mode
+    sets every latent."""
     from pyro_scenes.gnm.networks import StructDRAW
 
     model = GNM.preset("tiny")
     guide = GNMGuide(model)
     x = torch.rand(2, 1, 32, 32)
-    calls = []
-    orig = StructDRAW.step
-
-    def counting(self, *a, **k):
-        calls.append(1)
-        return orig(self, *a, **k)
-
-    StructDRAW.step = counting
-    try:
-        gtr = poutine.trace(guide).get_trace(x)
-        assert len(calls) == 3  # the guide decodes z_g_1..3
-        image = poutine.replay(model, trace=gtr)(x)
-        assert len(calls) == 4  # the model reuses them and decodes z_g_4 only
-        assert model.draw._memo == []  # consumed
-        # without the memo (or with other values) the model recomputes, with the same result
-        model.draw.memoize = False
-        try:
-            ref = poutine.replay(model, trace=gtr)(x)
-        finally:
-            model.draw.memoize = True
-        assert len(calls) == 8 and torch.allclose(image, ref, atol=1e-6)
-        poutine.trace(guide).get_trace(x)
-        data = {k: gtr.nodes[k]["value"].clone() for k in ["z_g_1", "z_g_2", "z_g_3", "z_g_4"]}
-        n = len(calls)
-        pyro.condition(model, data=data)(x)
-        assert len(calls) == n + 4  # new tensor objects: recomputed
-    finally:
-        StructDRAW.step = orig
-    poutine.trace(guide).get_trace(x)
-    copy.deepcopy(model)  # the memo is never copied
+    gtr = poutine.trace(guide).get_trace(x)
+    latents = {name: gtr.nodes[name]["value"].clone() for name in LATENTS}
+    calls, step = [], StructDRAW.step
+    monkeypatch.setattr(StructDRAW, "step", lambda self, *args: calls.append(1) or step(self, *args))
+    replayed = poutine.replay(model, trace=gtr)(x)
+    assert len(calls) == model.cfg.draw_steps
+    assert torch.equal(replayed, pyro.condition(model, data=latents)(x))
+    mode = poutine.trace(guide).get_trace(x, mode=True)
+    assert all(torch.equal(mode.nodes[name]["value"], mode.nodes[name]["fn"].mode) for name in latents)
+    copy.deepcopy(model)
 
 
 @pytest.mark.parametrize("k,u", [(1, 2), (1, 4), (3, 2)])

@@ -127,8 +127,7 @@ class GNM(nn.Module):
                     loc, scale = self.draw.prior(state[0])
                     z = pyro.sample(f"z_g_{l + 1}", dist.Normal(loc.unsqueeze(-2), scale.unsqueeze(-2)).to_event(1))
                     z_g.append(z)
-                    state = self.draw.cached_step(l, z, state)
-                self.draw.forget()
+                    state = self.draw.step(z.squeeze(-2), state)
                 zs = self.zs_distributions(self.zs_net(state[2]))
                 with pyro.plate("cells", cfg.num_cells, dim=-1):
                     z_pres = pyro.sample("z_pres", zs["z_pres"])

@@ -45,10 +45,6 @@ class GaussianHead(nn.Module):
         return mean, F.softplus(std)
 
 
-class _InitialState(tuple):
-    """Marks StructDRAW's initial state (so memo entries of step 1 can be matched)."""
-
-
 class StructDRAW(nn.Module):
     """The generative path of StructDRAW (Algorithm 1): everything but the encoder ConvLSTM and
     ``MLP^int_enc``, which belong to the guide.
@@ -57,16 +53,17 @@ class StructDRAW(nn.Module):
     * :meth:`step` -- ``d_l = MLP^g_dec(z^g_l)``; ``h_dec,l = ConvLSTM_dec(cat[d_l, f_l-1])``;
       ``f_l = f_l-1 + CNN_out(h_dec,l)``. As in the authors' code the decoder ConvLSTM also sees the
       current canvas ``f_l-1`` (Algorithm 1 omits it; the parameter counts require it).
-    """
 
-    #: reuse decoder states computed by the guide for the very same z^g tensors (see :meth:`cached_step`)
-    memoize: bool = True
+    The guide runs :meth:`step` on its samples z^g_1..L-1 (it needs ``h_dec`` and the canvas for
+    the next posterior step) and the model runs it again on the same values: the states pass
+    between them only through the sample sites (reusing the guide's states saves 1-7% of an SVI
+    step: docs/gnm.md, "The guide").
+    """
 
     def __init__(self, cfg: GNMConfig):
         super().__init__()
         C, G = cfg.hidden, cfg.grid
         self.cfg = cfg
-        self._memo = []
         self.prior_net = GaussianHead(G * G * C, cfg.draw_mlp, cfg.z_g_dim)
         self.g_decoder = MLP(cfg.z_g_dim, list(cfg.g_dec_mlp) + [G * G * C], norm_act_final=True)
         self.lstm = ConvLSTMCell(2 * C, C, cfg.lstm_kernel, G)
@@ -75,45 +72,10 @@ class StructDRAW(nn.Module):
     def init_state(self, batch_shape) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(h_dec,0, c_dec,0, f_0)``: the learned initial LSTM state and an empty canvas."""
         h, c = self.lstm.init_state(batch_shape)
-        return _InitialState((h, c, torch.zeros_like(h)))
+        return h, c, torch.zeros_like(h)
 
     def prior(self, h: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.prior_net(flatten_map(h))
-
-    def _param_versions(self):
-        return (torch.is_grad_enabled(), tuple(p._version for p in self.parameters()))
-
-    def forget(self) -> None:
-        """Drop the memo (the guide calls this before a pass, the model after one)."""
-        self._memo = []
-
-    def __getstate__(self):  # never pickle / deep-copy memoised autograd graphs
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["_memo"] = []
-        return state
-
-    def cached_step(self, l: int, z_site: torch.Tensor, state, record: bool = False):
-        """:meth:`step` on the site value ``z_site`` ``(..., 1, z_g_dim)``, memoised across one guide/model pair.
-
-        The guide runs the decoder on its samples z^g_1..L-1 (it needs h_dec and the canvas for the
-        next posterior step) and records the results (``record=True``); the model, replayed on the
-        SAME tensors, reuses them instead of recomputing. Step ``l`` is reused only if its z^g is
-        the identical tensor object, its input state is the initial state (``l = 0``) or the output
-        reused at step ``l - 1``, the parameters are unchanged (version counters) and the grad mode
-        is the same; otherwise it is recomputed. So ``condition``/``do``/fresh draws always
-        recompute, and values and gradients are exactly those of :meth:`step`.
-        """
-        if self.memoize and not record and l < len(self._memo):
-            z_seen, state_in, state_out, version = self._memo[l]
-            fresh = isinstance(state, _InitialState) and isinstance(state_in, _InitialState) and state[0].shape == state_in[0].shape
-            if z_seen is z_site and (fresh or state is state_in) and version == self._param_versions():
-                # the memo of step l is consumed; later steps chain on state_out
-                return state_out
-        out = self.step(z_site.squeeze(-2), state)
-        if record and self.memoize:
-            self._memo = self._memo[:l] + [(z_site, state, out, self._param_versions())]
-        return out
 
     def step(self, z_g: torch.Tensor, state):
         h, c, f = state
