@@ -13,6 +13,7 @@ from inference.evaluation.data import scene_batches, scenes
 from inference.metrics.detection import box_ap, count_accuracy
 from inference.metrics.dsteps import d_steps
 from inference.metrics.representation import nearest_object_labels, zwhat_classification_accuracy
+from inference.metrics.rules import LAYOUT_RULES
 
 
 @torch.no_grad()
@@ -20,6 +21,8 @@ def evaluate_gnm(model, guide, dataset, dataset_name: str, metrics: Sequence[str
                  batch_size: int = 32, device="cpu", progress: bool = True, metric_options: Optional[Dict] = None) -> Dict:
     """Run the GNM ``metrics`` on ``num_samples`` held-out scenes and as many generations.
 
+    ``layout``: the share of inferred scenes and of ``num_samples`` mode generations whose objects
+    obey the layout part of the dataset's rule (positions only, :data:`LAYOUT_RULES`; no checker).
     ``metric_options``: ``{"s-acc": {"cache": ..., "settings": ...}}`` for the S-Acc checker
     (:meth:`~inference.metrics.structure.StructureChecker.load`) and ``{"d-steps": {...}}`` for
     :func:`~inference.metrics.dsteps.d_steps`. Returns ``{"results": {...}, ...}``: ``results``
@@ -30,8 +33,12 @@ def evaluate_gnm(model, guide, dataset, dataset_name: str, metrics: Sequence[str
     if n < 1:
         raise ValueError("no scenes to evaluate")
     out: Dict = {"results": {"num_scenes": n}}
-    if {"box-ap", "count-accuracy", "representation"} & set(metrics):
-        out["results"].update(detection_results(infer_scenes(guide, dataset, n, batch_size, device, progress), metrics))
+    if {"box-ap", "count-accuracy", "representation", "layout"} & set(metrics):
+        found = infer_scenes(guide, dataset, n, batch_size, device, progress)
+        out["results"].update(detection_results(found, metrics))
+        rule = LAYOUT_RULES.get(dataset_name)
+        if "layout" in metrics and rule is not None:
+            out["results"].update(layout_rates(model, found, rule, n, batch_size))
     if {"s-acc", "d-steps"} & set(metrics):
         fake = generate(model, n, batch_size, progress)
         out["generations"] = fake[:32]
