@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import logging
 import math
 import os
@@ -103,6 +104,28 @@ class _DigitBank:
                                   antialias=True, align_corners=False)[:, 0].clamp_(0, 1)
             self._float_cache[size] = x.contiguous()
         return self._float_cache[size]
+
+
+class ArrayDigits(_DigitBank):
+    """Digits given as arrays: ``images`` (N, 28, 28) uint8 (or float in [0, 1]) and
+    ``labels`` (N,) 0..9, e.g. the real MNIST sample that measures the S-Acc checkers
+    (``python -m benchmarks.checker_shift``).  ``name`` and a hash of the arrays make its
+    :meth:`config`."""
+
+    def __init__(self, images, labels, name: str = "arrays") -> None:
+        images = torch.as_tensor(np.asarray(images))
+        if images.dim() != 3 or images.shape[1:] != (DIGIT_SIZE, DIGIT_SIZE):
+            raise DatasetError(f"digit images must be (N, 28, 28), got {tuple(images.shape)}")
+        self.name = name
+        self._init_bank(images, torch.as_tensor(np.asarray(labels)))
+        digest = hashlib.sha256(self.images.numpy().tobytes() + self.labels.numpy().tobytes())
+        self._digest = digest.hexdigest()[:16]
+
+    def describe(self) -> str:
+        return f"ArrayDigits({self.name}, {len(self)} digits)"
+
+    def config(self) -> dict:
+        return dict(source="arrays", name=self.name, count=len(self), sha256=self._digest)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,20 +279,51 @@ _FONT_FILES = ("DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSans-Oblique.ttf"
                "DejaVuSans-BoldOblique.ttf", "DejaVuSerif.ttf", "DejaVuSerif-Italic.ttf",
                "cmss10.ttf", "cmr10.ttf",
                "STIXGeneral.ttf", "STIXGeneralItalic.ttf")
+#: fonts of the style "other-fonts", used by no other style: a style no checker is trained on
+_OTHER_FONT_FILES = ("DejaVuSansMono.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSansMono-Oblique.ttf",
+                     "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif-Bold.ttf",
+                     "DejaVuSerif-BoldItalic.ttf", "STIXGeneralBol.ttf", "STIXGeneralBolIta.ttf",
+                     "cmb10.ttf", "cmtt10.ttf")
+#: styles of :class:`SyntheticDigits`
+STYLES = ("fonts", "strokes", "fonts+strokes", "other-fonts")
 _T = 56  # template resolution (2x MNIST)
 
 
-@functools.lru_cache(maxsize=1)
-def _glyph_templates() -> tuple[torch.Tensor, tuple[str, ...]]:
-    """(F, 10, 56, 56) float glyph templates: each digit of each font scaled to 40 px tall
-    (MNIST's 20 px at 2x) inside a 56x56 box, centred by centre of mass as MNIST does."""
+def _place_glyph(im, fit: bool = False) -> torch.Tensor:
+    """A white-on-black PIL glyph image as a (56, 56) template: scaled to 40 px tall (MNIST's
+    20 px at 2x), at most 44 px wide (``fit``: a glyph wider than tall 40 px wide instead, as
+    MNIST fits each digit into a 20x20 box), centred by centre of mass as MNIST does."""
+    from PIL import Image
+
+    glyph = im.crop(im.getbbox())
+    w, h = glyph.size
+    scale = 40.0 / h
+    nw, nh = max(4, min(44, round(w * scale))), 40
+    if fit and w > h:
+        nw, nh = 40, max(4, round(h * 40.0 / w))
+    glyph = glyph.resize((nw, nh), Image.LANCZOS)
+    g = torch.from_numpy(np.asarray(glyph, dtype=np.float32) / 255.0)
+    ys, xs = torch.meshgrid(torch.arange(float(nh)), torch.arange(float(nw)), indexing="ij")
+    m = g.sum().clamp_min(1e-6)
+    cy, cx = float((g * ys).sum() / m), float((g * xs).sum() / m)
+    top = min(max(int(round(_T / 2 - cy - 0.5)), 0), _T - nh)
+    left = min(max(int(round(_T / 2 - cx - 0.5)), 0), _T - nw)
+    out = torch.zeros(_T, _T)
+    out[top:top + nh, left:left + nw] = g
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def _glyph_templates(files: tuple[str, ...] = _FONT_FILES) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """(F, 10, 56, 56) float glyph templates of the digits of the matplotlib fonts ``files``
+    (:func:`_place_glyph`) and the names of the fonts found."""
     from PIL import Image, ImageDraw, ImageFont
 
     fonts = []
     try:
         import matplotlib
         ttf_dir = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-        fonts = [(n, ttf_dir / n) for n in _FONT_FILES if (ttf_dir / n).is_file()]
+        fonts = [(n, ttf_dir / n) for n in files if (ttf_dir / n).is_file()]
     except Exception:  # pragma: no cover - matplotlib is a dependency
         pass
     loaded = []
@@ -285,50 +339,171 @@ def _glyph_templates() -> tuple[torch.Tensor, tuple[str, ...]]:
         for d in range(10):
             im = Image.new("L", (160, 160), 0)
             ImageDraw.Draw(im).text((30, 10), str(d), fill=255, font=font)
-            bbox = im.getbbox()
-            glyph = im.crop(bbox)
-            w, h = glyph.size
-            scale = 40.0 / h
-            nw = max(4, min(44, round(w * scale)))
-            glyph = glyph.resize((nw, 40), Image.LANCZOS)
-            g = torch.from_numpy(np.asarray(glyph, dtype=np.float32) / 255.0)
-            # centre of mass to the centre of the 56x56 box
-            ys, xs = torch.meshgrid(torch.arange(40.0), torch.arange(float(nw)), indexing="ij")
-            m = g.sum().clamp_min(1e-6)
-            cy, cx = float((g * ys).sum() / m), float((g * xs).sum() / m)
-            top = int(round(_T / 2 - cy - 0.5))
-            left = int(round(_T / 2 - cx - 0.5))
-            top = min(max(top, 0), _T - 40)
-            left = min(max(left, 0), _T - nw)
-            out[fi, d, top:top + 40, left:left + nw] = g
+            out[fi, d] = _place_glyph(im)
     return out, tuple(n for n, _ in loaded)
+
+
+def _c(x: float, y: float) -> tuple:
+    """A corner: the stroke passes through (x, y) with a kink (a repeated spline point)."""
+    return (x, y), (x, y)
+
+
+def _oval() -> list:
+    a = np.radians(np.arange(-90, 300, 30))
+    return [list(zip(0.5 + 0.48 * np.cos(a), 0.5 + 0.5 * np.sin(a)))]
+
+
+#: pen-stroke skeletons of the digits, a few variants each, as MNIST writers draw them: strokes
+#: of (x, y) spline points in a unit box, y down (x is scaled by the writer's aspect ratio)
+_SKELETONS = {
+    0: [_oval(),
+        [[(0.62, 0.02), (0.25, 0.12), (0.04, 0.55), (0.3, 0.98), (0.75, 0.9), (0.96, 0.45),
+          (0.8, 0.08), (0.5, 0.0)]]],
+    1: [[[(0.5, 0.0), (0.5, 1.0)]],
+        [[(0.6, 0.0), (0.5, 0.5), (0.42, 1.0)]],
+        [[(0.2, 0.25), *_c(0.55, 0.0), (0.55, 1.0)]]],
+    2: [[[(0.1, 0.28), (0.3, 0.04), (0.62, 0.0), (0.86, 0.2), (0.78, 0.46), (0.42, 0.76),
+          *_c(0.06, 1.0), (0.95, 0.97)]],
+        [[(0.1, 0.28), (0.3, 0.04), (0.62, 0.0), (0.86, 0.2), (0.78, 0.46), (0.42, 0.74),
+          (0.1, 0.97), (0.12, 0.78), (0.42, 0.84), (0.7, 1.0), (0.95, 0.93)]],
+        [[(0.08, 0.2), (0.4, 0.0), (0.8, 0.1), (0.75, 0.42), (0.4, 0.7), (0.08, 0.95),
+          (0.05, 0.65), (0.35, 0.7), (0.65, 0.95), (0.95, 0.95)]],
+        [[(0.05, 0.2), (0.4, 0.0), (0.85, 0.12), (0.7, 0.5), (0.3, 0.85), *_c(0.08, 1.0),
+          (0.5, 0.92), (0.98, 1.0)]]],
+    3: [[[(0.1, 0.12), (0.45, 0.0), (0.82, 0.12), (0.78, 0.36), *_c(0.4, 0.48), (0.84, 0.62),
+          (0.88, 0.86), (0.5, 1.0), (0.08, 0.88)]],
+        [[(0.08, 0.02), *_c(0.9, 0.02), *_c(0.42, 0.42), (0.84, 0.56), (0.9, 0.82), (0.5, 1.0),
+          (0.1, 0.86)]]],
+    4: [[[(0.62, 0.0), *_c(0.04, 0.68), (0.96, 0.68)], [(0.7, 0.0), (0.7, 1.0)]],
+        [[(0.12, 0.0), *_c(0.08, 0.6), (0.92, 0.6)], [(0.74, 0.0), (0.74, 1.0)]],
+        [[(0.15, 0.0), (0.1, 0.55), (0.5, 0.62), (0.95, 0.5)],
+         [(0.8, 0.0), (0.75, 0.6), (0.7, 1.0)]]],
+    5: [[[(0.9, 0.02), *_c(0.24, 0.02), *_c(0.18, 0.46), (0.55, 0.38), (0.88, 0.58),
+          (0.85, 0.88), (0.5, 1.0), (0.08, 0.88)]],
+        [[(0.24, 0.02), *_c(0.18, 0.46), (0.55, 0.38), (0.88, 0.58), (0.85, 0.88), (0.5, 1.0),
+          (0.08, 0.88)], [(0.24, 0.02), (0.92, 0.0)]]],
+    6: [[[(0.78, 0.0), (0.45, 0.2), (0.16, 0.56), (0.2, 0.88), (0.5, 1.0), (0.82, 0.85),
+          (0.78, 0.58), (0.45, 0.52), (0.18, 0.7)]],
+        [[(0.7, 0.0), (0.35, 0.35), (0.2, 0.75), (0.45, 1.0), (0.8, 0.85), (0.7, 0.55),
+          (0.35, 0.62)]]],
+    7: [[[(0.04, 0.04), *_c(0.96, 0.02), (0.56, 0.5), (0.36, 1.0)]],
+        [[(0.04, 0.04), *_c(0.96, 0.02), (0.56, 0.5), (0.36, 1.0)], [(0.3, 0.52), (0.86, 0.48)]],
+        [[(0.02, 0.15), *_c(0.05, 0.02), *_c(0.95, 0.04), (0.7, 0.45), (0.58, 1.0)]]],
+    8: [[[(0.8, 0.12), (0.5, 0.0), (0.2, 0.12), (0.25, 0.35), (0.5, 0.5), (0.8, 0.68),
+          (0.78, 0.92), (0.5, 1.0), (0.2, 0.9), (0.22, 0.68), (0.5, 0.5), (0.75, 0.32),
+          (0.8, 0.12)]],
+        [[(0.5, 0.0), (0.18, 0.2), (0.5, 0.44), (0.82, 0.2), (0.5, 0.0)],
+         [(0.5, 0.44), (0.12, 0.72), (0.5, 1.0), (0.88, 0.72), (0.5, 0.44)]]],
+    9: [[[(0.86, 0.2), (0.6, 0.42), (0.24, 0.4), (0.14, 0.18), (0.4, 0.0), (0.74, 0.04),
+          (0.86, 0.2), (0.82, 0.6), (0.78, 1.0)]],
+        [[(0.86, 0.2), (0.6, 0.42), (0.24, 0.4), (0.14, 0.18), (0.4, 0.0), (0.74, 0.04),
+          *_c(0.86, 0.2), (0.82, 0.6), (0.78, 1.0)]],
+        [[(0.84, 0.12), (0.5, 0.0), (0.15, 0.2), (0.35, 0.45), (0.84, 0.2), (0.8, 0.7),
+          (0.6, 1.0), (0.35, 0.95)]]],
+}
+#: number of pen-stroke "writers" (templates) of the style "strokes"
+NUM_WRITERS = 100
+
+
+def _spline(points: np.ndarray, per_segment: int = 12) -> np.ndarray:
+    """Catmull-Rom spline through ``points`` (n, 2); a repeated point makes a corner."""
+    p = np.concatenate([points[:1], points, points[-1:]])
+    t = np.linspace(0, 1, per_segment, endpoint=False)[:, None]
+    out = []
+    for i in range(1, len(p) - 2):
+        p0, p1, p2, p3 = p[i - 1], p[i], p[i + 1], p[i + 2]
+        out.append(0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t ** 2
+                          + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3))
+    out.append(p[-2:-1])
+    return np.concatenate(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _stroke_templates() -> torch.Tensor:
+    """(NUM_WRITERS, 10, 56, 56) templates of the style "strokes": each writer (fixed seed)
+    draws every digit with one of its skeleton variants (:data:`_SKELETONS`), control points
+    moved by up to 0.08 of the box, an aspect ratio of 0.6..1.15 (digits wider than tall
+    fitted to the box's width, as MNIST does) and a round pen 6-15 % of the digit's height wide,
+    like the pen strokes of MNIST's writers (docs/gnm.md, "S-Acc across handwriting styles")."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    size, box = 200, 120.0
+    out = torch.zeros(NUM_WRITERS, 10, _T, _T)
+    for wi in range(NUM_WRITERS):
+        aspect = rng.uniform(0.6, 1.15)
+        pen = rng.uniform(0.06, 0.15) * box
+        for d in range(10):
+            variants = _SKELETONS[d]
+            strokes = variants[rng.integers(len(variants))]
+            im = Image.new("L", (size, size), 0)
+            draw = ImageDraw.Draw(im)
+            for stroke in strokes:
+                pts = np.asarray(stroke, dtype=np.float64)
+                jit = rng.uniform(-0.08, 0.08, pts.shape)
+                same = np.r_[False, (np.diff(pts, axis=0) == 0).all(1)]
+                for i in np.nonzero(same)[0]:
+                    jit[i] = jit[i - 1]
+                pts = (pts + jit) * [aspect * box, box] + [(size - aspect * box) / 2, 40]
+                curve = [tuple(q) for q in _spline(pts)]
+                draw.line(curve, fill=255, width=int(round(pen)), joint="curve")
+                for q in (curve[0], curve[-1]):
+                    r = pen / 2
+                    draw.ellipse((q[0] - r, q[1] - r, q[0] + r, q[1] + r), fill=255)
+            out[wi, d] = _place_glyph(im, fit=True)
+    return out
+
+
+def _style_templates(style: str) -> torch.Tensor:
+    """(F, 10, 56, 56) templates of a :data:`STYLES` entry."""
+    if style == "fonts":
+        return _glyph_templates()[0]
+    if style == "strokes":
+        return _stroke_templates()
+    if style == "fonts+strokes":  # a third fonts, two thirds pen strokes
+        fonts = _glyph_templates()[0]
+        repeats = NUM_WRITERS // (2 * len(fonts))
+        return torch.cat([fonts.repeat(repeats, 1, 1, 1), _stroke_templates()])
+    return _glyph_templates(_OTHER_FONT_FILES)[0]
 
 
 class SyntheticDigits(_DigitBank):
     """Built-in handwritten-like digits, used when no MNIST files are given.
 
-    Glyphs of the fonts bundled with matplotlib (DejaVu Sans/Serif/Mono, Computer Modern,
-    STIX; regular, bold, italic) are rendered large, then each bank entry gets a random affine
-    warp (rotation +-15 deg, shear +-0.35, anisotropic scale 0.8..1.1, small shift), a smooth
-    elastic displacement field (4x4 random field upsampled bicubically), a random stroke width
-    (soft erosion or dilation) and is box-downsampled to 28x28, MNIST-style (digit about 20 px
-    tall, centred by mass).  The bank (``per_class`` entries per digit, entry ``i`` has label
-    ``i % 10``) is a deterministic function of ``seed`` and built once (about 0.2 s).
+    Digit templates of a ``style`` (:data:`STYLES`) are rendered large: ``"fonts"`` (the
+    default, the digits of the datasets) the glyphs of ten fonts bundled with matplotlib
+    (DejaVu Sans/Serif, Computer Modern, STIX; regular, bold, italic); ``"strokes"`` digits
+    drawn with a round pen along the skeletons of 100 writers (:func:`_stroke_templates`);
+    ``"fonts+strokes"`` both; ``"other-fonts"`` ten other matplotlib fonts (DejaVu Sans Mono,
+    bold DejaVu Serif and STIX, Computer Modern bold and typewriter), a style the S-Acc checkers
+    are not trained on (docs/gnm.md, "S-Acc across handwriting styles").  Then each bank entry
+    gets a random affine warp (rotation +-15 deg, shear +-0.35, anisotropic scale 0.8..1.1,
+    small shift), a smooth elastic displacement field (4x4 random field upsampled bicubically),
+    a random stroke width (soft erosion or dilation) and is box-downsampled to 28x28,
+    MNIST-style (digit about 20 px tall, centred by mass).  The bank (``per_class`` entries per
+    digit, entry ``i`` has label ``i % 10``) is a deterministic function of ``seed`` and
+    ``style`` and built once (about 0.2 s; the pen-stroke templates take about 1 s more, once).
     """
 
-    def __init__(self, seed: int = 0, per_class: int = 500) -> None:
+    def __init__(self, seed: int = 0, per_class: int = 500, style: str = "fonts") -> None:
         self.seed = int(seed)
         self.per_class = int(per_class)
         if self.per_class < 1:
             raise DatasetError(f"per_class must be >= 1, got {per_class}")
-        images, labels = _synthetic_bank(self.seed, self.per_class)
+        if style not in STYLES:
+            raise DatasetError(f"unknown digit style {style!r}; valid styles: {', '.join(STYLES)}")
+        self.style = style
+        images, labels = _synthetic_bank(self.seed, self.per_class, style)
         self._init_bank(images, labels)
 
     def describe(self) -> str:
-        return f"SyntheticDigits(seed={self.seed}, per_class={self.per_class})"
+        return f"SyntheticDigits(seed={self.seed}, per_class={self.per_class}, style={self.style})"
 
     def config(self) -> dict:
-        return dict(source="synthetic", seed=self.seed, per_class=self.per_class)
+        cfg = dict(source="synthetic", seed=self.seed, per_class=self.per_class)
+        if self.style != "fonts":  # the default bank keeps its configuration and cache keys
+            cfg["style"] = self.style
+        return cfg
 
 
 _UP4 = upsample_matrix(4, _T)
@@ -342,8 +517,8 @@ def _max3(x: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=4)
-def _synthetic_bank(seed: int, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-    templates, _ = _glyph_templates()
+def _synthetic_bank(seed: int, per_class: int, style: str) -> tuple[torch.Tensor, torch.Tensor]:
+    templates = _style_templates(style)
     nf = templates.shape[0]
     n = 10 * per_class
     labels = torch.arange(n) % 10

@@ -14,7 +14,10 @@ with a uniform jitter of up to 4 px per axis (label = its class: the cell whose 
 contains the object centre is the one that must fire), a quarter 6-16 px (per axis, max norm)
 from a random object and a quarter at uniformly random positions; these are background when
 every object centre is more than 5.5 px away per axis (ignored between 4.5 and 5.5 px). Photometric augmentation (gain, blur, noise) makes the
-detector robust to imperfect generations.
+detector robust to imperfect generations. Style augmentation (:func:`style_warp`, for checkers
+trained on synthetic digits) makes it read other handwriting: each crop is slanted, rotated and
+scaled about its centre, elastically distorted and its strokes thinned or thickened; the targets
+follow the moved object centres.
 
 Decoding (:func:`decode`): every cell whose foreground probability ``1 - p(background)``
 exceeds ``vote_threshold`` (0.15) votes for an object at ``cell centre + 8 * offset``; in order
@@ -26,6 +29,7 @@ class probabilities weighted by their foreground probabilities (extras likewise 
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
@@ -148,6 +152,40 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (x + sd * torch.randn(x.shape, generator=gen)).clamp(0, 1)
 
 
+def style_matrices(n: int, gen: torch.Generator) -> torch.Tensor:
+    """(n, 2, 2) random output-to-input maps about a crop's centre for :func:`style_warp`: slant
+    (x shifted by -0.5..0.25 times y, y down: mostly leaning right, as MNIST's writers do),
+    rotation +-12 deg, scale 0.85..1.15 per axis (docs/gnm.md, "S-Acc across handwriting
+    styles")."""
+    u = torch.rand(n, 5, generator=gen) * 2 - 1
+    shear, ang = 0.375 * u[:, 0] - 0.125, math.radians(12) * u[:, 1]
+    sx, sy = 1 + 0.15 * u[:, 2], 1 + 0.15 * u[:, 3]
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    rot = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shr = torch.zeros(n, 2, 2)
+    shr[:, 0, 0], shr[:, 0, 1], shr[:, 1, 1] = 1.0, shear, 1.0
+    scl = torch.diag_embed(torch.stack([sx, sy], -1))
+    return torch.linalg.inv(rot @ shr @ scl)
+
+
+def style_warp(crops: torch.Tensor, maps: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Crops (B, C, 38, 38) warped by ``maps`` (:func:`style_matrices`) plus a smooth elastic
+    displacement of up to about 1.5 px that leaves the centre in place, then strokes thickened
+    (soft 3x3 dilation) or thinned (erosion) by a random amount, as the synthetic digits'
+    stroke-width distortion does (:class:`datasets.digits.SyntheticDigits`)."""
+    b, c, h, w = crops.shape
+    theta = torch.cat([maps, torch.zeros(b, 2, 1)], -1)
+    grid = F.affine_grid(theta, (b, c, h, w), align_corners=False)
+    field = (torch.rand(b, 2, 3, 3, generator=gen) * 2 - 1) * (0.08 * torch.rand(b, 1, 1, 1, generator=gen))
+    field = field - field[:, :, 1:2, 1:2]
+    disp = F.interpolate(field, size=(h, w), mode="bicubic", align_corners=True)
+    x = F.grid_sample(crops, grid + disp.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros",
+                      align_corners=False)
+    k = torch.rand(b, 1, 1, 1, generator=gen) * 1.4 - 0.8
+    thick = x + k.clamp(min=0) * (F.max_pool2d(x, 3, 1, 1) - x)
+    return thick + (-k).clamp(min=0) * (-F.max_pool2d(-x, 3, 1, 1) - x)
+
+
 def pad_images(images: torch.Tensor, pad_mode: str = "constant") -> torch.Tensor:
     """Pad training images by :data:`HALF` px on each side (once, before sampling crops)."""
     if pad_mode == "constant":
@@ -158,13 +196,14 @@ def pad_images(images: torch.Tensor, pad_mode: str = "constant") -> torch.Tensor
 
 def sample_crops(images: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor,
                  batch_size: int, gen: torch.Generator, extras: Optional[torch.Tensor] = None,
-                 pad_mode: str = "constant", padded: Optional[torch.Tensor] = None):
+                 pad_mode: str = "constant", padded: Optional[torch.Tensor] = None, style: bool = False):
     """A training batch of crops with targets (see module docstring).
 
     ``images``: (M, C, H, W) float or uint8 (already at working scale; ``padded``: the same
     padded by :func:`pad_images`, computed here when not given), ``centres`` (M, N, 2),
-    ``labels`` (M, N), ``valid`` (M, N). Returns crops (B, C, 38, 38) float, class targets (B,)
-    (-100 = ignore), offset targets (B, 2), extra targets (B, E) and a (B,) bool "positive" mask.
+    ``labels`` (M, N), ``valid`` (M, N); ``style``: apply :func:`style_warp`. Returns crops
+    (B, C, 38, 38) float, class targets (B,) (-100 = ignore), offset targets (B, 2), extra
+    targets (B, E) and a (B,) bool "positive" mask.
     """
     m, c, hh, ww = images.shape
     n_pos = batch_size // 2
@@ -186,15 +225,18 @@ def sample_crops(images: torch.Tensor, centres: torch.Tensor, labels: torch.Tens
     pts[n_pos + n_ring:] = torch.floor(torch.rand(n_rand, 2, generator=gen) * torch.tensor([ww + 1.0, hh + 1.0]))
     pts[:, 0].clamp_(0, ww)
     pts[:, 1].clamp_(0, hh)
-    # targets: the nearest valid object in L-inf distance
-    d = (centres[img_idx] - pts[:, None]).abs().amax(-1).masked_fill(~valid[img_idx], float("inf"))
+    # targets: the nearest valid object in L-inf distance (where the style warp moves it)
+    rel = centres[img_idx] - pts[:, None]                                     # (B, N, 2) px
+    if style:
+        maps = style_matrices(batch_size, gen)
+        rel = rel @ torch.linalg.inv(maps).transpose(1, 2)
+    d = rel.abs().amax(-1).masked_fill(~valid[img_idx], float("inf"))
     dmin, near = d.min(1)
-    near_c = centres[img_idx, near]
     target = torch.full((batch_size,), -100, dtype=torch.long)
     target[dmin > POS_RADIUS + 1.5] = 0
     pos = dmin <= POS_RADIUS + 0.5
     target[pos] = labels[img_idx, near][pos] + 1
-    off = (near_c - pts) / STRIDE
+    off = rel[torch.arange(batch_size), near] / STRIDE
     ext = extras[img_idx, near] if extras is not None else torch.zeros(batch_size, 0)
     # crops: pad by HALF, then gather the integer window centred at pts
     if padded is None:
@@ -207,6 +249,8 @@ def sample_crops(images: torch.Tensor, centres: torch.Tensor, labels: torch.Tens
     crops = padded[img_idx[:, None, None, None], ch, ys, xs].float()
     if images.dtype == torch.uint8:
         crops = crops / 255.0
+    if style:
+        crops = style_warp(crops, maps, gen)
     return crops, target, off, ext, pos
 
 
@@ -214,8 +258,10 @@ def train_cropnet(images: torch.Tensor, centres: torch.Tensor, labels: torch.Ten
                   num_classes: int, extras: Optional[torch.Tensor] = None, steps: int = 1500,
                   batch_size: int = 128, lr: float = 2e-3, width: int = 32, seed: int = 0,
                   use_augment: bool = True, pad_mode: str = "constant", time_limit: Optional[float] = None,
-                  progress: bool = False, log: Optional[Callable[[str], None]] = None) -> CropNet:
-    """Train a :class:`CropNet` (Adam with a one-cycle schedule; CE + offset/extra MSE at positives)."""
+                  progress: bool = False, log: Optional[Callable[[str], None]] = None,
+                  style: bool = False) -> CropNet:
+    """Train a :class:`CropNet` (Adam with a one-cycle schedule; CE + offset/extra MSE at positives);
+    ``style``: style augmentation of the crops (:func:`style_warp`)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = CropNet(images.shape[1], num_classes, 0 if extras is None else extras.shape[-1], width)
@@ -233,7 +279,7 @@ def train_cropnet(images: torch.Tensor, centres: torch.Tensor, labels: torch.Ten
     try:
         for step in range(steps):
             x, tgt, off_t, ext_t, pos = sample_crops(images, centres, labels, valid, batch_size, gen, extras,
-                                                     pad_mode=pad_mode, padded=padded)
+                                                     pad_mode=pad_mode, padded=padded, style=style)
             if use_augment:
                 x = augment(x, gen)
             logits, off, ext = net(x)

@@ -9,7 +9,10 @@ source included), and retrained when missing or unreadable.
 
 * ``mnist`` family (datasets ``mnist4``, ``mnist10``, ``mnist4-10``): one detector for the ten
   digits, trained on ``mnist4-10`` training scenes of the requested image size, resized to
-  128 px; object centres are the centres of the digits' tight boxes.
+  128 px; object centres are the centres of the digits' tight boxes. For scenes of the built-in
+  synthetic digits the training scenes use the fonts and pen-stroke digits of
+  :data:`STYLE_DIGITS` and the crops get style augmentation, so that the checker also reads
+  other handwriting (docs/gnm.md, "S-Acc across handwriting styles").
 * ``arrow`` family: three shape classes plus the arrow, with the arrow's direction regressed;
   images are resized to 128 px for the detector; object centres are the dataset's ``centers``,
   the arrow's is the midpoint of its axis.
@@ -43,7 +46,11 @@ from ._detector import CropNet, Detections, decode, train_cropnet
 
 log = logging.getLogger(__name__)
 
-CHECKER_VERSION = 1
+#: 2: checkers for synthetic digits trained on the STYLE_DIGITS bank with style augmentation
+CHECKER_VERSION = 2
+#: the digits (``SyntheticDigits`` arguments) a checker for scenes of synthetic digits is
+#: trained on: fonts and pen strokes, a seed no dataset split uses, 1,000 digits per class
+STYLE_DIGITS = dict(seed=100, per_class=1000, style="fonts+strokes")
 FAMILIES = {"mnist4": "mnist", "mnist10": "mnist", "mnist4-10": "mnist", "arrow": "arrow"}
 #: the resolution the detector works at: images of any size are resized to it (digits are then
 #: about 20 px tall, the arrow scenes' objects 20-36 px)
@@ -106,11 +113,32 @@ def _family(dataset: str) -> str:
     return FAMILIES[dataset]
 
 
-def _training_data(family: str, num_scenes: int, image_size: Optional[int], dataset_options: Dict, seed: int):
-    """Images (uint8), centres, labels, valid, extras of generated training scenes."""
+def _training_dataset(family: str, num_scenes: int, image_size: Optional[int], dataset_options: Dict,
+                      seed: int = 0):
+    """The training scenes of a checker: the dataset's own, except for scenes of the built-in
+    synthetic digits, whose checker is trained on the :data:`STYLE_DIGITS` bank (and with style
+    augmentation, :func:`style_training`) so that it reads other handwriting too (docs/gnm.md,
+    "S-Acc across handwriting styles")."""
     from datasets import make_dataset
     name = "mnist4-10" if family == "mnist" else "arrow"
     ds = make_dataset(name, "train", num_scenes=num_scenes, image_size=image_size, seed=seed, **dataset_options)
+    if style_training(ds):
+        from datasets.digits import SyntheticDigits
+        options = dict(dataset_options, digit_source=SyntheticDigits(**STYLE_DIGITS))
+        ds = make_dataset(name, "train", num_scenes=num_scenes, image_size=image_size, seed=seed, **options)
+    return ds
+
+
+def style_training(ds) -> bool:
+    """Whether a checker for the scenes of ``ds`` is trained for other handwriting styles: for
+    scenes of synthetic digits, not for real MNIST (``$PYRO_SCENES_MNIST``) or other sources."""
+    from datasets.digits import SyntheticDigits
+    return isinstance(getattr(ds, "digit_source", None), SyntheticDigits)
+
+
+def _training_data(family: str, num_scenes: int, image_size: Optional[int], dataset_options: Dict, seed: int):
+    """Images (uint8), centres, labels, valid, extras of generated training scenes."""
+    ds = _training_dataset(family, num_scenes, image_size, dataset_options, seed)
     b = ds.generate(range(num_scenes))
     scale = WORK_SIZE[family] / ds.image_size
     if family == "mnist":
@@ -185,9 +213,7 @@ class StructureChecker:
 
     @staticmethod
     def _data_config(family: str, image_size: Optional[int], dataset_options: Dict) -> Dict:
-        from datasets import make_dataset
-        name = "mnist4-10" if family == "mnist" else "arrow"
-        ds = make_dataset(name, "train", num_scenes=1, image_size=image_size, **dataset_options)
+        ds = _training_dataset(family, 1, image_size, dataset_options)
         cfg = dict(ds.config())
         cfg.pop("seed", None)
         cfg["image_size"] = ds.image_size
@@ -210,7 +236,8 @@ class StructureChecker:
                                 steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                                 width=settings.width, seed=settings.seed, use_augment=settings.augment,
                                 pad_mode="constant" if family == "mnist" else "replicate",
-                                time_limit=settings.time_limit, progress=progress)
+                                time_limit=settings.time_limit, progress=progress,
+                                style=settings.augment and style_training(ds))
         finally:
             torch.set_num_threads(threads)
         info = dict(version=CHECKER_VERSION, settings=asdict(settings), train_seconds=round(time.time() - t0, 1),
