@@ -202,13 +202,7 @@ def test_loss_matches_hand_computation(dataset, preset, step):
         assert torch.allclose(got, terms[f"aux_{name}"], rtol=1e-5), name
         assert abs(logs[f"aux_kl_z_{name}"] - float(terms[f"aux_{name}"].detach())) <= 1e-5 * abs(float(terms[f"aux_{name}"].detach())) + 1e-6
     # ... and the same gradients (the guide's noise carries its reparameterised graph)
-    params = [p for p in list(model.parameters()) + list(guide.parameters())]
-    g1 = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
-    g2 = torch.autograd.grad(ref, params, allow_unused=True)
-    for p, a, b in zip(params, g1, g2):
-        a = torch.zeros_like(p) if a is None else a
-        b = torch.zeros_like(p) if b is None else b
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (1 + b.abs().max())), p.shape
+    assert_same_gradients(loss, ref, list(model.parameters()) + list(guide.parameters()), rtol=1e-4, atol=1e-5)
 
 
 def test_main_kl_terms_are_the_pyro_site_kls():
@@ -237,6 +231,17 @@ def test_main_kl_terms_are_the_pyro_site_kls():
     assert torch.allclose(log_like, terms["log_like"], rtol=1e-5)
 
 
+
+def assert_same_gradients(loss, ref, params, rtol, atol):
+    """d loss / d theta == d ref / d theta for every parameter (None counts as 0); ``atol`` is
+    relative to the reference gradient's largest entry (+1)."""
+    g1 = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
+    g2 = torch.autograd.grad(ref, params, allow_unused=True)
+    for p, a, b in zip(params, g1, g2):
+        a = torch.zeros_like(p) if a is None else a
+        b = torch.zeros_like(p) if b is None else b
+        assert torch.allclose(a, b, rtol=rtol, atol=atol * (1 + float(b.abs().max()))), (p.shape, float((a - b).abs().max()))
+
 @pytest.fixture
 def float64():
     previous = torch.get_default_dtype()
@@ -260,10 +265,4 @@ def test_loss_and_gradients_match_in_float64(dataset, preset, step, float64):
     assert loss.dtype == torch.float64
     ref, terms = hand_loss(model, guide, x, values, step, cfg)
     assert torch.allclose(loss, ref, rtol=1e-10, atol=0), (float(loss), float(ref))
-    params = [p for p in list(model.parameters()) + list(guide.parameters())]
-    g1 = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
-    g2 = torch.autograd.grad(ref, params, allow_unused=True)
-    for p, a, b in zip(params, g1, g2):
-        a = torch.zeros_like(p) if a is None else a
-        b = torch.zeros_like(p) if b is None else b
-        assert torch.allclose(a, b, rtol=1e-9, atol=1e-9 * (1 + float(b.abs().max()))), (p.shape, float((a - b).abs().max()))
+    assert_same_gradients(loss, ref, list(model.parameters()) + list(guide.parameters()), rtol=1e-9, atol=1e-9)
