@@ -19,9 +19,8 @@ def _fsync_dir(directory: Path) -> None:
     except OSError:
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # best effort: some filesystems cannot fsync a directory
+            os.fsync(fd)
     finally:
         os.close(fd)
 
