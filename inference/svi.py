@@ -189,10 +189,21 @@ def setting_flags(command):
 @setting_flags
 def main(model, dataset, device, out, resume, amend, config_file, sets, **given):
     """Train a structured scene model (model and guide from its recipe) with SVI."""
-    from inference.training.trainer import Interrupted, Trainer, TrainingError
+    from inference.training.distributed import Ranks
 
     flags = {k: v for k, v in given.items() if v is not None}
-    torch_device = _device(device)
+    ranks = Ranks.from_env()  # torchrun: one process per rank (inference/training/distributed.py)
+    torch_device = ranks.device(_device(device).type)
+    ranks.start(torch_device)
+    try:
+        _train(ranks, torch_device, model, dataset, out, resume, amend, config_file, sets, flags)
+    finally:
+        ranks.stop()
+
+
+def _train(ranks, torch_device, model, dataset, out, resume, amend, config_file, sets, flags) -> None:
+    from inference.training.trainer import Interrupted, Trainer, TrainingError
+
     try:
         set_values = parse_set(sets)
         file_config = load_config_file(config_file) if config_file else {}
@@ -211,7 +222,8 @@ def main(model, dataset, device, out, resume, amend, config_file, sets, **given)
             raise click.UsageError("--amend changes a run being resumed; use it with --resume")
         recipe, config, out_path = plan_new(model, dataset, out, file_config, flags, set_values, file_label)
         ck = None
-    trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo)
+    ranks.barrier()  # every rank has planned before rank 0 writes into --out
+    trainer = Trainer(recipe, config, torch_device, out_path, resume=ck, echo=click.echo, ranks=ranks)
     try:
         try:
             trainer.prepare()
@@ -222,9 +234,12 @@ def main(model, dataset, device, out, resume, amend, config_file, sets, **given)
         try:
             trainer.run()
         except Interrupted as e:
-            where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
-            click.echo(f"interrupted at step {e.step}; {where}. Continue with: python -m inference.svi "
-                       f"--resume --out {out_path}", err=True)
+            if ranks.is_main:
+                where = f"checkpoint {e.checkpoint}" if e.checkpoint else "no new checkpoint"
+                launcher = (f"torchrun --nproc_per_node {ranks.world_size} -m" if ranks.distributed
+                            else "python -m")
+                click.echo(f"interrupted at step {e.step}; {where}. Continue with: {launcher} inference.svi "
+                           f"--resume --out {out_path}", err=True)
             sys.exit(130)
         except TrainingError as e:
             raise click.ClickException(str(e)) from None

@@ -32,22 +32,35 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[i
 
 
 class EndlessBatchSampler:
-    """Yields index batches forever, epoch after epoch, starting at ``(epoch, batch)``."""
+    """Yields index batches forever, epoch after epoch, starting at ``(epoch, batch)``.
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, batch: int = 0):
-        if n < batch_size:
-            raise ValueError(f"the training set has {n} items, fewer than one batch of {batch_size}")
+    With ``world_size`` ranks, the batches are those of one process with batch ``world_size *
+    batch_size``, and ``rank`` takes its ``batch_size`` slice of each (a distributed sampler with
+    one position for all ranks, so it resumes exactly).
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, batch: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.global_size = batch_size * world_size
+        if n < self.global_size:
+            what = f"one batch of {batch_size}" + (f" per rank on {world_size} ranks" if world_size > 1 else "")
+            raise ValueError(f"the training set has {n} items, fewer than {what}")
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.epoch, self.batch = epoch, batch
+        self.rank = rank
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.n // self.batch_size
+        return self.n // self.global_size
 
     def __iter__(self) -> Iterator[List[int]]:
         epoch, start = self.epoch, self.batch
+        mine = slice(self.rank * self.batch_size, (self.rank + 1) * self.batch_size)
         while True:
-            yield from epoch_batches(self.n, self.batch_size, self.seed, epoch)[start:]
+            for batch in epoch_batches(self.n, self.global_size, self.seed, epoch)[start:]:
+                yield batch[mine]
             epoch, start = epoch + 1, 0
 
 
@@ -67,14 +80,15 @@ class BatchStream:
     """``next(stream)`` is the next training image batch; :meth:`state` / ``start`` resume it."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0,
-                 state: Dict[str, int] | None = None):
+                 state: Dict[str, int] | None = None, rank: int = 0, world_size: int = 1):
         state = state or {"epoch": 0, "batch": 0}
-        self.sampler = EndlessBatchSampler(len(dataset), batch_size, seed, state["epoch"], state["batch"])
+        self.sampler = EndlessBatchSampler(len(dataset), batch_size, seed, state["epoch"], state["batch"],
+                                           rank, world_size)
         self.epoch, self.batch = state["epoch"], state["batch"]
         # A dedicated generator: the loader draws its workers' base seed from it, never from the global RNG.
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_images,
                                  num_workers=workers, worker_init_fn=_worker_init if workers else None,
-                                 generator=_generator(seed, self.epoch, self.batch, 1),
+                                 generator=_generator(seed, self.epoch, self.batch, 1 + rank),
                                  persistent_workers=False)
         self._iter = None
 

@@ -47,6 +47,7 @@ import torch
 from inference.training import checkpoint as ckpt_mod
 from inference.training.config import ConfigError
 from inference.training.data import BatchStream, fixed_batch, iterate_fixed
+from inference.training.distributed import Ranks, data_parallel, rank_seed
 from inference.training.files import atomic_write_text
 from inference.training.logs import JsonlLog, plot_losses, plot_metrics
 from inference.training.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
@@ -170,13 +171,18 @@ class Trainer:
 
     def __init__(self, recipe, config: Dict[str, Any], device: torch.device, out: Path,
                  resume: Optional[Dict[str, Any]] = None, echo: Callable[[str], None] = print,
-                 progress: Optional[bool] = None):
+                 progress: Optional[bool] = None, ranks: Ranks = Ranks()):
         self.recipe, self.config, self.device = recipe, dict(config), torch.device(device)
         self.run_dir = RunDir(Path(out))
         self.resume_ckpt = resume
-        self.echo = echo
+        #: this process's place in a torchrun job (inference.training.distributed); rank 0 writes the files
+        self.ranks = ranks
+        self.echo = echo if ranks.is_main else (lambda *_: None)
         no_tty = not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty())
         self.show_bar = progress if progress is not None else not (no_tty or os.environ.get("CI"))
+        self.show_bar = self.show_bar and ranks.is_main
+        #: the loss as DistributedDataParallel(LossModule) on several ranks; None: recipe.loss directly
+        self.loss_module = None
         self.step = 0
         self.model = self.guide = self.optimizer = self.scheduler = self.clip = None
         self.train_set = self.val_set = self.stream = None
@@ -212,13 +218,20 @@ class Trainer:
         self.clip = self.recipe.grad_clip_norm(cfg)
         self.train_set = self._dataset("train")
         self.val_set = self._dataset("val")
-        if len(self.train_set) < cfg["batch_size"]:
+        world = self.ranks.world_size
+        if len(self.train_set) < cfg["batch_size"] * world:
+            per_rank = f" on each of {world} ranks" if world > 1 else ""
             raise ConfigError(f"the {cfg['dataset']!r} training set has {len(self.train_set)} items, fewer "
-                              f"than one batch (--batch-size {cfg['batch_size']})")
+                              f"than one batch (--batch-size {cfg['batch_size']}{per_rank})")
         data_state = None
         if self.resume_ckpt is not None:
             data_state = self._load_resumed(self.resume_ckpt)
-        self.stream = BatchStream(self.train_set, cfg["batch_size"], cfg["seed"], cfg["workers"], data_state)
+        if self.ranks.distributed:
+            if self.ranks.rank > 0:  # each rank draws its own noise; rank 0 keeps the run's seed
+                seed_all(rank_seed(cfg["seed"], self.ranks.rank))
+            self.loss_module = data_parallel(self.model, self.guide, self.recipe.loss, cfg, self.device)
+        self.stream = BatchStream(self.train_set, cfg["batch_size"], cfg["seed"], cfg["workers"], data_state,
+                                  self.ranks.rank, world)
         return self
 
     def _dataset(self, split: str):
@@ -233,6 +246,11 @@ class Trainer:
 
     def _load_resumed(self, ck: Dict[str, Any]) -> Optional[Dict[str, int]]:
         """Load the checkpoint's states into the built objects; return its data position."""
+        saved_world = int(ck.get("world_size", 1))
+        if saved_world != self.ranks.world_size:
+            raise ConfigError(f"the checkpoint was written by {saved_world} rank(s) and this run has "
+                              f"{self.ranks.world_size}: the data order and noise could not continue exactly; "
+                              f"resume with the same number of processes")
         ckpt_mod.load_module_states(self.model, self.guide, ck)
         if ck.get("optimizer_state") is not None:
             self.optimizer.load_state_dict(ck["optimizer_state"])
@@ -241,7 +259,8 @@ class Trainer:
         self.step = self._saved_at = int(ck["step"])
         self._apply_amended_lr(self.config)
         trainer_state = ck.get("trainer") or {}
-        self.window = Window.from_state(trainer_state.get("window"))
+        own = (trainer_state.get("ranks") or [{}])[self.ranks.rank] if self.ranks.distributed else {}
+        self.window = Window.from_state(own.get("window", trainer_state.get("window")))
         self.elapsed = float(trainer_state.get("elapsed", 0.0))
         return ck.get("data")
 
@@ -279,8 +298,16 @@ class Trainer:
 
     # ------------------------------------------------------------ checkpoints
     def state(self) -> Dict[str, Any]:
-        """The checkpoint of the state after the last completed step."""
+        """The checkpoint of the state after the last completed step. On several ranks (a collective:
+        every rank calls it) it adds each rank's RNG state and log window, and the world size."""
         rng, data = self._snapshot
+        extra = {}
+        if self.ranks.distributed:
+            per_rank = self.ranks.gather({"rng": rng, "window": self.window.state()})
+            extra = {"rank_rng": [r["rng"] for r in per_rank], "world_size": self.ranks.world_size}
+        trainer = {"elapsed": self.elapsed, "window": self.window.state()}
+        if self.ranks.distributed:
+            trainer["ranks"] = [{"window": r["window"]} for r in per_rank]
         return {
             "model": self.recipe.name,
             "dataset": self.config["dataset"],
@@ -292,16 +319,21 @@ class Trainer:
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "rng": rng,
             "data": data,
-            "trainer": {"elapsed": self.elapsed, "window": self.window.state()},
+            "trainer": trainer,
             "versions": library_versions(),
             "device": str(self.device),
+            **extra,
         }
 
     def save(self, final: bool = False) -> Path:
         """Checkpoint (atomically), prune to ``keep``, and redraw loss.png (at most every
-        :data:`PLOT_EVERY_S` seconds, and always when ``final``)."""
+        :data:`PLOT_EVERY_S` seconds, and always when ``final``). Every rank calls it; rank 0 writes."""
+        state = self.state()
+        if not self.ranks.is_main:
+            self._saved_at = self.step
+            return self.run_dir.ckpt_dir / ckpt_mod.checkpoint_name(self.step)
         try:
-            path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, self.state())
+            path = ckpt_mod.save_checkpoint(self.run_dir.ckpt_dir, state)
         except ckpt_mod.CheckpointError as e:
             raise TrainingError(str(e)) from None
         if not self._verified_save:  # once per run: the file must load back weights-only
@@ -326,6 +358,8 @@ class Trainer:
         return self.run_dir.ckpt_dir / ckpt_mod.checkpoint_name(self.step)
 
     def plot(self) -> None:
+        if not self.ranks.is_main:
+            return
         try:
             plot_losses(self.run_dir.path)
             plot_metrics(self.run_dir.path)
@@ -362,7 +396,7 @@ class Trainer:
     def figures(self) -> List[Path]:
         """The recipe's figures of a fixed validation batch at this step (fixed noise)."""
         self._fig_at = self.step
-        if len(self.val_set) == 0:
+        if len(self.val_set) == 0 or not self.ranks.is_main:
             return []
         try:
             if self._figure_batch is None:
@@ -429,32 +463,44 @@ class Trainer:
         self._checked_param_store = True
 
     def _log(self, reset: bool = True) -> None:
+        """The log line of the window; on several ranks (every rank calls it) the loss and logs are
+        the means over the ranks, i.e. over the global batch."""
         w = self.window
         if w.n == 0:
             return
+        loss, logs = w.loss / w.n, {k: v / w.n for k, v in w.logs.items()}
+        if self.ranks.distributed:
+            means = self.ranks.gather((loss, logs))
+            loss = sum(m[0] for m in means) / len(means)
+            logs = {k: sum(m[1].get(k, 0.0) for m in means) / len(means) for k in logs}
+        if reset:
+            self.window = Window()
+        if not self.ranks.is_main:
+            return
         record = {
             "step": self.step,
-            "loss": w.loss / w.n,
+            "loss": loss,
             "lr": self.optimizer.param_groups[0]["lr"],
             "time": round(self.elapsed, 3),
             "sec_per_step": w.time / w.n,
-            "logs": {k: v / w.n for k, v in w.logs.items()},
+            "logs": logs,
         }
         JsonlLog(self.run_dir.log_path).write(record)
         if not self.show_bar:
             self.echo(f"step {self.step}/{self.config['steps']}  loss {record['loss']:.6g}  "
                       f"lr {record['lr']:.3g}  {record['sec_per_step']:.3g} s/step")
-        if reset:
-            self.window = Window()
 
     def _val(self, step_scheduler: bool, final: bool = False) -> Optional[float]:
+        """Validation on rank 0; its loss reaches every rank (all step the plateau scheduler alike)."""
         t0 = time.perf_counter()
         self._val_at = self.step
-        val = self.validate()
+        val = self.ranks.broadcast(self.validate() if self.ranks.is_main else None)
         if val is None:
             return None
         if step_scheduler and is_plateau(self.scheduler):
             self.scheduler.step(val)
+        if not self.ranks.is_main:
+            return val
         metrics = self.validation_metrics()
         record = {"step": self.step, "val_loss": val, "lr": self.optimizer.param_groups[0]["lr"],
                   "time": round(self.elapsed, 3), "seconds": round(time.perf_counter() - t0, 3)}
@@ -493,14 +539,15 @@ class Trainer:
         import json
 
         rd = self.run_dir
-        rd.path.mkdir(parents=True, exist_ok=True)
-        rd.ckpt_dir.mkdir(exist_ok=True)
-        rd.remove_temporaries()
-        atomic_write_text(rd.config_path, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-        if self.resume_ckpt is not None:
-            JsonlLog(rd.log_path).truncate_after(self.step)
-            JsonlLog(rd.val_path).truncate_after(self.step)
-        else:
+        if self.ranks.is_main:
+            rd.path.mkdir(parents=True, exist_ok=True)
+            rd.ckpt_dir.mkdir(exist_ok=True)
+            rd.remove_temporaries()
+            atomic_write_text(rd.config_path, json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+            if self.resume_ckpt is not None:
+                JsonlLog(rd.log_path).truncate_after(self.step)
+                JsonlLog(rd.val_path).truncate_after(self.step)
+        if self.resume_ckpt is None:
             self.save()
 
     def run(self) -> Dict[str, Any]:
@@ -522,7 +569,8 @@ class Trainer:
 
     def _run(self) -> Dict[str, Any]:
         if self.resume_ckpt is not None:
-            set_rng_state(self.resume_ckpt["rng"])
+            ck = self.resume_ckpt
+            set_rng_state(ck["rank_rng"][self.ranks.rank] if self.ranks.distributed else ck["rng"])
         self._snapshot = (get_rng_state(), self.stream.state())
         self._start_files()
         self._announce()
@@ -531,7 +579,7 @@ class Trainer:
                 while self.step < self.config["steps"]:
                     self._train_step(bar)
                     self._after_step()
-                    if self._stop_requested:
+                    if self.ranks.any(self._stop_requested):  # every rank stops after the same step
                         raise KeyboardInterrupt
         except KeyboardInterrupt:
             raise Interrupted(self.step, self._stop_interrupted()) from None
@@ -558,7 +606,10 @@ class Trainer:
         images = next(self.stream).to(self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._diverges():
-            loss, logs = self.recipe.loss(self.model, self.guide, images, self.step, self.config)
+            if self.loss_module is not None:  # DDP: backward averages the gradients over the ranks
+                loss, logs = self.loss_module(images, self.step)
+            else:
+                loss, logs = self.recipe.loss(self.model, self.guide, images, self.step, self.config)
         value = self._check_loss(loss)
         loss.backward()
         if self.clip:
@@ -602,7 +653,7 @@ class Trainer:
         if self._fig_at != self.step:
             with contextlib.suppress(KeyboardInterrupt):
                 self.figures()
-        return path
+        return path if self.ranks.is_main else None
 
     def _finish(self) -> Dict[str, Any]:
         """The end: last log window, validation and figures (unless just done), final checkpoint."""
