@@ -38,12 +38,12 @@ def bench(ds, scenes: int, batch_size: int, repeats: int) -> float:
     return scenes / best
 
 
-@click.command()
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--scenes", default=4096, show_default=True, help="Scenes per timed pass.")
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--batch-size", default=256, show_default=True, help="Scenes per generate call.")
 @click.option("--threads", multiple=True, type=int,
               help="torch thread counts to time (repeatable; default: 1 and torch's default).")
-@click.option("--repeats", default=3, show_default=True)
+@click.option("--repeats", default=3, show_default=True, help="Timed passes; the best counts.")
 @click.option("--all", "run_all", is_flag=True, help="Also time mnist10, mnist4-10 and arrow.")
 def main(scenes, batch_size, threads, repeats, run_all):
     threads = threads or sorted({1, torch.get_num_threads()})

@@ -9,10 +9,10 @@ hand-written PyTorch computation of the same loss with the same networks (target
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
+import click
 import pyro
 import torch
 
@@ -69,19 +69,19 @@ def build(num_experts, batch_size):
     return config, model, guide, opt, x
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per step.")
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1), help="Timed steps; the median counts.")
+@click.option("--threads", default=torch.get_num_threads(), show_default=True, type=click.IntRange(min=1),
+              help="torch intra-op threads.")
+def main(batch_size, repeats, threads):
+    torch.set_num_threads(threads)
     torch.manual_seed(0)
     pyro.set_rng_seed(0)
-    print(f"ECON step time, batch {args.batch_size}, CPU default networks, {args.threads} threads, median of {args.repeats}")
+    print(f"ECON step time, batch {batch_size}, CPU default networks, {threads} threads, median of {repeats}")
     results = {}
     for K in (1, 4):
-        config, model, guide, opt, x = build(K, args.batch_size)
+        config, model, guide, opt, x = build(K, batch_size)
 
         def pyro_step():
             opt.zero_grad()
@@ -93,7 +93,7 @@ def main():
             torch_loss(model, guide, x, config["beta"], config["gamma"]).backward()
             opt.step()
 
-        results[K] = time_steps([pyro_step, torch_step], args.repeats)
+        results[K] = time_steps([pyro_step, torch_step], repeats)
         print(f"  K = {K}: Pyro SVI step {results[K][0]:.3f} s | hand-written PyTorch {results[K][1]:.3f} s | "
               f"Pyro overhead {results[K][0] / results[K][1]:.3f}")
     print(f"K = 4 / K = 1 step time: {results[4][0] / results[1][0]:.2f} (target <= 2.5)")

@@ -14,12 +14,12 @@ pixel shuffle), shows what this library's kernels save. Pyro's argument/support 
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import statistics
 import time
 
+import click
 import pyro
 import torch
 import torch.nn.functional as F
@@ -160,24 +160,23 @@ def median_times(steps, repeats):
     return [statistics.median(w) for w in wall], [statistics.median(c) for c in cpu]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="mnist")
-    ap.add_argument("--dataset", default="mnist4")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--step", type=int, default=5_000, help="training step (schedules) to time")
-    ap.add_argument("--validation", action="store_true", help="keep Pyro's validation checks on (Pyro's default; off for training speed)")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    pyro.enable_validation(a.validation)
-    recipe, config, model, guide, opt, clip, x = build(a.preset, a.dataset, a.batch_size)
-    (mp, mt, mn), (cpu_p, cpu_t, cpu_n) = median_times(step_functions(recipe, config, model, guide, opt, clip, x, a.step), a.repeats)
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", default="mnist", show_default=True, help="GNM architecture preset (pyro_scenes.gnm.config.PRESETS).")
+@click.option("--dataset", default="mnist4", show_default=True, help="Dataset whose recipe defaults to use.")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Images per step.")
+@click.option("--repeats", default=10, show_default=True, type=int, help="Timed steps of each kind; the median counts.")
+@click.option("--threads", default=2, show_default=True, type=int, help="torch intra-op threads.")
+@click.option("--step", default=5_000, show_default=True, type=int, help="training step (schedules) to time")
+@click.option("--validation", is_flag=True, help="keep Pyro's validation checks on (Pyro's default; off for training speed)")
+def main(preset, dataset, batch_size, repeats, threads, step, validation):
+    torch.set_num_threads(threads)
+    pyro.enable_validation(validation)
+    recipe, config, model, guide, opt, clip, x = build(preset, dataset, batch_size)
+    (mp, mt, mn), (cpu_p, cpu_t, cpu_n) = median_times(step_functions(recipe, config, model, guide, opt, clip, x, step), repeats)
     n = sum(p.numel() for group in opt.param_groups for p in group["params"])
     size = model.cfg.image_size
-    print(f"GNM preset {a.preset!r} ({n:,} parameters), batch {a.batch_size}, {size}x{size}, "
-          f"{a.threads} threads, step {a.step}, Pyro validation {'on' if a.validation else 'off'}, median of {a.repeats}")
+    print(f"GNM preset {preset!r} ({n:,} parameters), batch {batch_size}, {size}x{size}, "
+          f"{threads} threads, step {step}, Pyro validation {'on' if validation else 'off'}, median of {repeats}")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  Pyro SVI step (loss + backward + clip + RMSprop): {mp:.3f} s/step wall, {cpu_p:.3f} s CPU   (target <= 0.7 s)")
     print(f"  hand-written PyTorch step, same loss:             {mt:.3f} s/step wall, {cpu_t:.3f} s CPU")

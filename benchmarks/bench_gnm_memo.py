@@ -12,10 +12,10 @@ the median ratio over the rounds.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 
+import click
 import pyro
 import torch
 
@@ -41,40 +41,39 @@ def reuse_decoder_states(draw):
         del draw.step
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--dataset", default="mnist4")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--step", type=int, default=5_000, help="training step (schedules) to time")
-    a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", default="cpu", show_default=True, help="GNM architecture preset (pyro_scenes.gnm.config.PRESETS).")
+@click.option("--dataset", default="mnist4", show_default=True, help="Dataset whose recipe defaults to use.")
+@click.option("--batch-size", default=32, show_default=True, type=int, help="Images per step.")
+@click.option("--repeats", default=20, show_default=True, type=int, help="Timed steps of each kind per round; the median counts.")
+@click.option("--rounds", default=5, show_default=True, type=int, help="Rounds of timed steps.")
+@click.option("--threads", default=1, show_default=True, type=int, help="torch intra-op threads.")
+@click.option("--step", default=5_000, show_default=True, type=int, help="training step (schedules) to time")
+def main(preset, dataset, batch_size, repeats, rounds, threads, step):
+    torch.set_num_threads(threads)
     pyro.enable_validation(False)
-    recipe, config, model, guide, opt, clip, x = build(a.preset, a.dataset, a.batch_size)
+    recipe, config, model, guide, opt, clip, x = build(preset, dataset, batch_size)
     params = [p for group in opt.param_groups for p in group["params"]]
 
-    def step(reuse):
+    def step_function(reuse):
         def run():
             opt.zero_grad(set_to_none=True)
             with reuse_decoder_states(model.draw) if reuse else contextlib.nullcontext():
-                loss = recipe.loss(model, guide, x, a.step, config)[0]
+                loss = recipe.loss(model, guide, x, step, config)[0]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
         return run
 
-    print(f"GNM preset {a.preset!r}, batch {a.batch_size}, {a.threads} thread(s), step {a.step}, "
-          f"median of {a.repeats} per round")
+    print(f"GNM preset {preset!r}, batch {batch_size}, {threads} thread(s), step {step}, "
+          f"median of {repeats} per round")
     ratios = []
-    for r in range(a.rounds):
-        (reused, library), _ = median_times([step(True), step(False)], a.repeats)
+    for r in range(rounds):
+        (reused, library), _ = median_times([step_function(True), step_function(False)], repeats)
         ratios.append(reused / library)
         print(f"  round {r + 1}: reusing the guide's states {reused:.4f} s, recomputing (library) {library:.4f} s, "
               f"ratio {reused / library:.3f}")
-    print(f"median ratio (reusing / recomputing) over {a.rounds} rounds: {statistics.median(ratios):.3f}")
+    print(f"median ratio (reusing / recomputing) over {rounds} rounds: {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":

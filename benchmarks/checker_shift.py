@@ -94,7 +94,7 @@ def _as_arrays(src) -> ArrayDigits:
     return ArrayDigits(src.images, src.labels, "fonts-train")
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@click.command(help=__doc__.split("\n\n")[0], context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--scenes", default=500, show_default=True, help="scenes per row")
 @click.option("--steps", default=TrainSettings.steps, show_default=True,
               help="checker training steps")
