@@ -136,7 +136,7 @@ def save_png_atomic(image, out: Path) -> None:
 @click.option("--num", default=16, show_default=True, type=int, help=f"Number of scenes (1 to {MAX_NUM}).")
 @click.option("--seed", default=0, show_default=True, type=int, help="Base seed.")
 @click.option("--split", default="train", show_default=True,
-              type=click.Choice(["train", "val", "test"]))
+              type=click.Choice(["train", "val", "test"]), help="Split of the scenes.")
 @click.option("--image-size", default=None, type=int, help="Image size (dataset default).")
 @click.option("--mnist-path", default=None, type=click.Path(path_type=Path),
               help="Folder with MNIST IDX files (mnist* datasets; default $PYRO_SCENES_MNIST "

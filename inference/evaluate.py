@@ -20,6 +20,7 @@ from typing import Dict, Iterable, List, Optional
 import click
 import torch
 
+from inference.devices import DEVICE_HELP, device_option
 from inference.recipes import RECIPES, get_recipe
 from inference.recipes.base import EvalOptions
 from inference.runs import SettingsError, open_run
@@ -121,16 +122,17 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
 METRICS_HELP = "; ".join(f"{model}: {', '.join(metrics)}" for model, metrics in model_metrics().items())
 
 
-@click.command(help=f"Evaluate the run or checkpoint PATH with the metrics of its model. Metrics per model: {METRICS_HELP}.")
+@click.command(help=f"Evaluate the run or checkpoint PATH with the metrics of its model. Metrics per model: {METRICS_HELP}.",
+               context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", type=click.Path())
 @click.option("--metrics", "-m", multiple=True, help="comma-separated metric names (default: all for the model)")
 @click.option("--num-samples", "-n", type=click.IntRange(min=1), default=None,
               help="held-out scenes (and generations) to evaluate [default: the whole split]")
-@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]))
+@click.option("--split", default="test", show_default=True, type=click.Choice(["val", "test"]), help="held-out split")
 @click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
               help="JSON file to write [default: <run>/eval/metrics_<split>.json]")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--device", default="cpu", show_default=True, callback=device_option, help=DEVICE_HELP)
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="scenes per forward pass")
 @click.option("--particles", default=None, type=click.IntRange(min=1), help="importance samples for LL [default: config, 100]")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="override a setting of the checkpoint's config (repeatable), e.g. ECON on 4-object scenes: "

@@ -9,14 +9,16 @@ from pathlib import Path
 import click
 import torch
 
+from inference.devices import DEVICE_HELP, device_option
 
-@click.command()
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="folder for the PNGs [default: <run>/figures]")
-@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True)
-@click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--split", type=click.Choice(["val", "test"]), default="val", show_default=True, help="held-out split")
+@click.option("--num-images", type=click.IntRange(min=1), default=8, show_default=True, help="held-out images to draw")
+@click.option("--device", default="cpu", show_default=True, callback=device_option, help=DEVICE_HELP)
 def main(path: Path, out_dir, split: str, num_images: int, device: str):
     """Write the figures of the run or checkpoint PATH."""
     from inference.evaluation.data import scenes

@@ -7,18 +7,19 @@ import math
 import click
 import torch
 
+from inference.devices import DEVICE_HELP, device_option
 from inference.evaluation.data import scene_batches
 from inference.runs import open_run
 
 
-@click.command()
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run", type=click.Path())
 @click.option("--particles", type=click.IntRange(min=1), default=100, show_default=True, help="importance samples per image")
 @click.option("--batch-particles", type=click.IntRange(min=1), default=10, show_default=True, help="particles drawn at once")
-@click.option("--num-images", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True)
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--num-images", type=click.IntRange(min=1), default=256, show_default=True, help="held-out images to score")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="images per forward pass")
+@click.option("--split", type=click.Choice(["val", "test"]), default="test", show_default=True, help="held-out split")
+@click.option("--device", default="cpu", show_default=True, callback=device_option, help=DEVICE_HELP)
 def main(run, particles, batch_particles, num_images, batch_size, split, device):
     """The log-likelihood of the run or checkpoint RUN on held-out images."""
     from inference.training.checkpoint import CheckpointError

@@ -351,11 +351,13 @@ def _print_report(r: Dict) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     import click
 
-    @click.command(help="Train (once, cached) and measure the S-Acc structure checker of a dataset.")
-    @click.option("--dataset", required=True, type=click.Choice(sorted(FAMILIES)))
+    @click.command(help="Train (once, cached) and measure the S-Acc structure checker of a dataset.",
+                   context_settings={"help_option_names": ["-h", "--help"]})
+    @click.option("--dataset", required=True, type=click.Choice(sorted(FAMILIES)), help="dataset whose checker to train")
     @click.option("--report/--no-report", "do_report", default=True, help="measure accuracy and rejection rates")
     @click.option("--num-scenes", default=500, show_default=True, help="scenes per row of the report")
-    @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]))
+    @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+                  help="split of the report's scenes")
     @click.option("--retrain", is_flag=True, help="retrain even when a cached checker exists")
     @click.option("--cache", default=None, help=f"cache folder (default ${CACHE_ENV} or ~/.cache/pyro_scenes)")
     @click.option("--steps", default=None, type=int, help="training steps (changes the cache key)")
