@@ -24,6 +24,7 @@ LAYERS = [
     ("inference.pretrained", 6),
     ("inference.figures.__main__", 6),
     ("inference.likelihood.__main__", 6),
+    ("inference.graphs", 6),
 ]
 
 
