@@ -1,12 +1,15 @@
 """Every command line of the library: ``-h`` and ``--help`` print the usage and exit 0, every option
-is documented, and ``--device`` refuses what the library cannot run on with a clean error (exit 2,
-no traceback)."""
+is documented, ``--device`` refuses what the library cannot run on with a clean error (exit 2,
+no traceback), and the console scripts of pyproject.toml point at these commands."""
 from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
+import sysconfig
+import tomllib
 from pathlib import Path
 
 import click
@@ -23,6 +26,17 @@ COMMANDS = {
     "inference.figures": "inference.figures.__main__:main",
     "inference.pretrained": "inference.pretrained.__main__:cli",
     "datasets.preview": "datasets.preview:main",
+    "inference.graphs": "inference.graphs:main",
+}
+#: console script -> the python -m form it stands for
+SCRIPTS = {
+    "pyro-scenes-train": "inference.svi",
+    "pyro-scenes-evaluate": "inference.evaluate",
+    "pyro-scenes-likelihood": "inference.likelihood",
+    "pyro-scenes-figures": "inference.figures",
+    "pyro-scenes-pretrained": "inference.pretrained",
+    "pyro-scenes-preview": "datasets.preview",
+    "pyro-scenes-graphs": "inference.graphs",
 }
 #: scripts in benchmarks/ (run as ``python benchmarks/NAME.py``), each with a click ``main``
 BENCHMARKS = ["bench_datasets", "bench_econ", "bench_gnm", "bench_gnm_memo", "checker_shift"]
@@ -147,3 +161,30 @@ def test_python_m_forms_take_h_and_refuse_a_tpu(module, tmp_path):
     refused = run(str(tmp_path / "run"), "--device", "tpu")
     assert refused.returncode == 2 and "'tpu' is not a device" in refused.stderr, refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def declared_scripts() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+
+
+def test_console_scripts_are_declared_for_each_command():
+    assert declared_scripts() == {script: COMMANDS[module] for script, module in SCRIPTS.items()}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_console_scripts_point_at_importable_click_commands(script):
+    module, attr = declared_scripts()[script].split(":")
+    target = getattr(importlib.import_module(module), attr)
+    assert isinstance(target, click.Command)
+    check_help(target)
+
+
+@pytest.mark.slow
+def test_installed_console_script_runs():
+    """Where the package is installed with its scripts (``pip install -e .``), one runs by its name."""
+    path = Path(sysconfig.get_path("scripts")) / "pyro-scenes-evaluate"
+    if not path.exists():
+        pytest.skip(f"{path} is not installed (pip install -e . installs the console scripts)")
+    result = subprocess.run([str(path), "-h"], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0 and result.stdout.startswith("Usage: pyro-scenes-evaluate"), result.stderr
