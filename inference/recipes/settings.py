@@ -65,6 +65,9 @@ class TrainerSettings:
     deterministic: bool = setting(True, resumable=True,
                                   flag="torch.use_deterministic_algorithms, warn-only (needed for "
                                        "bit-exact --resume of conv models on a multi-threaded CPU).")
+    tensorboard: bool = setting(False, resumable=True,
+                                flag="Also write TensorBoard event files (losses, validation metrics, figures, "
+                                     "hyper-parameters) in RUN/tensorboard; needs pip install -e \".[tensorboard]\".")
 
 
 @dataclass(kw_only=True)

@@ -52,6 +52,7 @@ from inference.training.files import atomic_write_text
 from inference.training.logs import JsonlLog, plot_losses, plot_metrics
 from inference.training.rng import get_rng_state, preserved_rng, seed_all, set_rng_state
 from inference.training.rundir import RunDir
+from inference.training import tensorboard
 
 #: loss.png is redrawn at a checkpoint only when this many seconds passed since the last drawing
 PLOT_EVERY_S = 30.0
@@ -183,6 +184,8 @@ class Trainer:
         self.show_bar = self.show_bar and ranks.is_main
         #: the loss as DistributedDataParallel(LossModule) on several ranks; None: recipe.loss directly
         self.loss_module = None
+        #: TensorBoard copy of the logs (``tensorboard`` setting, rank 0); None when off
+        self.tb: Optional[tensorboard.TensorBoardLog] = None
         self.step = 0
         self.model = self.guide = self.optimizer = self.scheduler = self.clip = None
         self.train_set = self.val_set = self.stream = None
@@ -206,6 +209,9 @@ class Trainer:
         import pyro
 
         cfg = self.config
+        if cfg.get("tensorboard") and not tensorboard.available():
+            raise ConfigError('--tensorboard needs the tensorboard package: pip install -e ".[tensorboard]" '
+                              '(or leave it out: log.jsonl and val.jsonl hold the same numbers)')
         self._set_determinism(bool(cfg.get("deterministic")))
         pyro.clear_param_store()
         seed_all(cfg["seed"])
@@ -290,6 +296,8 @@ class Trainer:
         """Stop data workers and restore torch's previous deterministic-algorithms mode (idempotent)."""
         if self.stream is not None:
             self.stream.close()
+        if self.tb is not None:
+            self.tb.close()
         if self._previous_determinism is not None:
             enabled, warn_only, benchmark = self._previous_determinism
             torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
@@ -406,6 +414,8 @@ class Trainer:
                 paths = self.recipe.figures(self.model, self.guide, self._figure_batch,
                                             self.run_dir.figures_dir, self.step)
             self._last_figures = [Path(p) for p in (paths or [])]
+            if self.tb is not None:
+                self.tb.images(self.step, self._last_figures)
         except Exception:
             self._warn(f"figures at step {self.step} failed (training goes on):\n{traceback.format_exc()}")
             self._last_figures = []
@@ -486,6 +496,9 @@ class Trainer:
             "logs": logs,
         }
         JsonlLog(self.run_dir.log_path).write(record)
+        if self.tb is not None:
+            self.tb.scalars(self.step, {"loss": loss, "lr": record["lr"], "sec_per_step": record["sec_per_step"],
+                                        "logs": logs}, prefix="train")
         if not self.show_bar:
             self.echo(f"step {self.step}/{self.config['steps']}  loss {record['loss']:.6g}  "
                       f"lr {record['lr']:.3g}  {record['sec_per_step']:.3g} s/step")
@@ -511,6 +524,9 @@ class Trainer:
         if final:
             record["final"] = True
         JsonlLog(self.run_dir.val_path).write(record)
+        if self.tb is not None:
+            self.tb.scalars(self.step, {"loss": val, "metrics": metrics}, prefix="val")
+            self.tb.flush()
         return val
 
     def _on_sigint(self, signum, frame) -> None:
@@ -547,6 +563,11 @@ class Trainer:
             if self.resume_ckpt is not None:
                 JsonlLog(rd.log_path).truncate_after(self.step)
                 JsonlLog(rd.val_path).truncate_after(self.step)
+            if self.config.get("tensorboard"):
+                # resumed: hide what the killed run wrote after its checkpoint, as the .jsonl files do
+                purge = self.step + 1 if self.resume_ckpt is not None else None
+                self.tb = tensorboard.TensorBoardLog(rd.path, purge_step=purge)
+                self.tb.hparams(self.config, {"val/loss": None})
         if self.resume_ckpt is None:
             self.save()
 
