@@ -113,7 +113,7 @@ class ECON(nn.Module):
             scope = self.expert_probs.new_ones(size)
             for t in range(T, 0, -1):
                 k = pyro.sample(f"k_{t}", dist.Categorical(self.expert_probs))
-                z = pyro.sample(f"z_{t}", dist.Normal(0.0, 1.0).expand([self.latent_dim]).to_event(1))
+                z = pyro.sample(f"z_{t}", dist.Normal(scope.new_zeros(()), 1.0).expand([self.latent_dim]).to_event(1))  # on the model's device
                 mu, shape = self.decoder(z, experts=k)
                 r = pyro.sample(f"r_{t}", RegionBernoulli(scope * shape).to_event(3))
                 scope = scope - r
