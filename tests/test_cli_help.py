@@ -39,7 +39,7 @@ SCRIPTS = {
     "pyro-scenes-graphs": "inference.graphs",
 }
 #: scripts in benchmarks/ (run as ``python benchmarks/NAME.py``), each with a click ``main``
-BENCHMARKS = ["bench_datasets", "bench_econ", "bench_gnm", "bench_gnm_memo", "checker_shift"]
+BENCHMARKS = ["bench_datasets", "bench_econ", "bench_gnm", "bench_gnm_memo", "checker_shift", "gpu_check"]
 #: the commands that take ``--device``
 DEVICE_COMMANDS = ["inference.evaluate", "inference.likelihood", "inference.figures"]
 
@@ -53,6 +53,7 @@ def benchmark(name: str, monkeypatch) -> click.Command:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # bench_gnm_memo imports bench_gnm
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module.main
 
