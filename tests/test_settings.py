@@ -67,10 +67,12 @@ def test_the_cli_has_one_option_per_flagged_setting():
 
     options = {p.name: p for p in main.params}
     assert list(FLAGS) == ["steps", "batch_size", "seed", "workers", "log_every", "val_every", "ckpt_every", "keep",
-                           "figures_every", "deterministic", "lr", "image_size", "num_train"]
+                           "figures_every", "deterministic", "tensorboard", "lr", "image_size", "num_train"]
     for key, (kind, _) in FLAGS.items():
         assert options[key].opts == [FLAG_NAME[key]] and options[key].default is None
         assert options[key].type.name == {int: "integer", float: "float", bool: "boolean"}[kind]
     assert options["deterministic"].secondary_opts == ["--no-deterministic"]
-    assert set(RESUMABLE_KEYS) == {"steps", "workers", "log_every", "ckpt_every", "keep", "figures_every", "deterministic"}
+    assert options["tensorboard"].secondary_opts == ["--no-tensorboard"]
+    assert set(RESUMABLE_KEYS) == {"steps", "workers", "log_every", "ckpt_every", "keep", "figures_every", "deterministic",
+                                   "tensorboard"}
     assert "val_items" in defaults(TrainerSettings) and "val_items" not in FLAGS
