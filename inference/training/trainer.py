@@ -309,13 +309,11 @@ class Trainer:
         """The checkpoint of the state after the last completed step. On several ranks (a collective:
         every rank calls it) it adds each rank's RNG state and log window, and the world size."""
         rng, data = self._snapshot
-        extra = {}
+        trainer, extra = {"elapsed": self.elapsed, "window": self.window.state()}, {}
         if self.ranks.distributed:
-            per_rank = self.ranks.gather({"rng": rng, "window": self.window.state()})
-            extra = {"rank_rng": [r["rng"] for r in per_rank], "world_size": self.ranks.world_size}
-        trainer = {"elapsed": self.elapsed, "window": self.window.state()}
-        if self.ranks.distributed:
+            per_rank = self.ranks.gather({"rng": rng, "window": trainer["window"]})
             trainer["ranks"] = [{"window": r["window"]} for r in per_rank]
+            extra = {"rank_rng": [r["rng"] for r in per_rank], "world_size": self.ranks.world_size}
         return {
             "model": self.recipe.name,
             "dataset": self.config["dataset"],
