@@ -34,7 +34,8 @@ def torch_loss(model, guide, x, beta, gamma):
             p = guide.propose(x, scope, last)
             score = competition_score(p, guide.competition_lambda, guide.competition_per_pixel)
             k = torch.distributions.Categorical(logits=-score).sample()
-        region, loc, scale = guide.explain(x, scope, k, last)
+        region = guide.attend(x, scope, k, last)
+        loc, scale = guide.encode(x, region, k)
         z = loc + scale * p["noise"][rows, k]
         mu, m = model.decoder(z, experts=k)
         L_x = (region * (x - mu) ** 2).sum((1, 2, 3)) / (2 * model.sigma_x ** 2)

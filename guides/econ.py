@@ -15,6 +15,14 @@ recomputed with its own weights alone, so backpropagation never touches the lose
 one expert, not K). The last step (t = 1) takes the remaining scope as
 region for every expert (footnote 7). The scope update is eq. (14) with the attention output
 alpha: ``s_{t-1} = s_t * (1 - alpha) = s_t - r~_t``, so the regions partition the image.
+
+Given regions (generative MONet, section 5.1 and Figure 5): ``guide(x, regions=r)`` with ``r`` of
+shape ``(B, T, 1, H, W)`` (layer t = 1, the back, first) uses ``r_t`` in place of every expert's
+attention: the experts compete on it and the winner encodes it; the guide then has no site
+``r_t``. Condition the model's ``r_t`` sites on the same regions with ``pyro.condition``
+(:func:`inference.objectives.econ_loss` does both). The guide takes them as an argument, not
+through ``pyro.condition``, because q(z_t | x, r_t, k_t) needs r_t before the site ``z_t`` while
+``TraceMeanField_ELBO`` wants the guide's sites in the model's order (``z_t`` before ``r_t``).
 """
 from __future__ import annotations
 
@@ -85,17 +93,21 @@ class ECONGuide(nn.Module):
     def model(self) -> ECON:
         return self._model[0]
 
-    def propose(self, x: torch.Tensor, scope: torch.Tensor, last: bool) -> Dict[str, torch.Tensor]:
+    def propose(self, x: torch.Tensor, scope: torch.Tensor, last: bool,
+                given: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Every expert's explanation of the scope: attention, encoding, decoding, competition terms.
 
         ``x`` (B,C,H,W), ``scope`` (..., B, 1, H, W) -> tensors of shape (..., B, K, ...).
+        ``given`` (..., B, 1, H, W): a region that every expert takes instead of attending.
         """
         model = self.model
         K, H = model.num_experts, model.image_size
         lead = scope.shape[:-3]
         xs = x.expand(*lead, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
         s = scope.reshape(-1, 1, H, H)
-        if last:  # footnote 7: the remaining scope is every expert's region
+        if given is not None:
+            regions = given.expand(*lead, 1, H, H).reshape(-1, 1, 1, H, H).expand(-1, K, 1, H, H)
+        elif last:  # footnote 7: the remaining scope is every expert's region
             regions = s.unsqueeze(1).expand(-1, K, 1, H, H)
         else:
             regions = s.unsqueeze(1) * torch.sigmoid(self.attention(xs, s))
@@ -111,39 +123,54 @@ class ECONGuide(nn.Module):
         out = dict(regions=regions, loc=loc, scale=scale, noise=noise, mu=mu, shape=shape, L_x=L_x, L_r=L_r, area=area)
         return {name: v.reshape(*lead, K, *v.shape[2:]) for name, v in out.items()}
 
-    def explain(self, x: torch.Tensor, scope: torch.Tensor, k: torch.Tensor, last: bool):
-        """The winners' region r~ and q(z | x, r~, k) parameters, with gradients.
-
-        Only the chosen expert of each item is evaluated (per-item weights), so backpropagation
-        touches the winners alone. ``k`` (..., B) -> region (..., B, 1, H, W), loc, scale (..., B, L).
+    def attend(self, x: torch.Tensor, scope: torch.Tensor, k: torch.Tensor, last: bool) -> torch.Tensor:
+        """The winners' region r~ = s_t * sigmoid(a_k(x, s_t)) (eq. 9; the scope itself at the last
+        step), with gradients. Only the chosen expert of each item is evaluated (per-item
+        weights), so backpropagation touches the winners alone. ``k`` (..., B) -> (..., B, 1, H, W).
         """
         H = self.model.image_size
         batch = torch.broadcast_shapes(scope.shape[:-3], k.shape)
+        s = scope.expand(*batch, 1, H, H)
+        if last:
+            return s
         xs = x.expand(*batch, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
-        s = scope.expand(*batch, 1, H, H).reshape(-1, 1, H, H)
-        flat_k = k.expand(batch).reshape(-1)
-        region = s if last else s * torch.sigmoid(self.attention(xs, s, experts=flat_k))
-        loc, log_var = self.encoder(xs, region, experts=flat_k)
-        return region.reshape(*batch, 1, H, H), loc.reshape(*batch, -1), torch.exp(0.5 * log_var).reshape(*batch, -1)
+        a = self.attention(xs, s.reshape(-1, 1, H, H), experts=k.expand(batch).reshape(-1))
+        return s * torch.sigmoid(a.reshape(*batch, 1, H, H))
 
-    def forward(self, x: torch.Tensor, batch_size: Optional[int] = None, num_layers: Optional[int] = None) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, region: torch.Tensor, k: torch.Tensor):
+        """q(z_t | x, r_t, k_t): the winners' encoders on their regions -> loc, scale (..., B, L)."""
+        H = self.model.image_size
+        batch = torch.broadcast_shapes(region.shape[:-3], k.shape)
+        xs = x.expand(*batch, *x.shape[-3:]).reshape(-1, *x.shape[-3:])
+        r = region.expand(*batch, 1, H, H).reshape(-1, 1, H, H)
+        loc, log_var = self.encoder(xs, r, experts=k.expand(batch).reshape(-1))
+        return loc.reshape(*batch, -1), torch.exp(0.5 * log_var).reshape(*batch, -1)
+
+    def forward(self, x: torch.Tensor, batch_size: Optional[int] = None, num_layers: Optional[int] = None,
+                regions: Optional[torch.Tensor] = None) -> torch.Tensor:
         model = self.model
         if x is None:
             raise ValueError("ECONGuide infers from images: pass x")
         model.check_images(x)
         T = model.num_layers if num_layers is None else int(num_layers)
-        pyro.module("econ_guide", self)
         B, H = x.shape[0], model.image_size
+        if regions is not None and regions.shape != (B, T, 1, H, H):
+            raise ValueError(f"ECONGuide: regions must have shape {(B, T, 1, H, H)} (batch, layer t = 1..T, 1, H, W), "
+                             f"got {tuple(regions.shape)}")
+        pyro.module("econ_guide", self)
         with pyro.plate("batch", B, dim=-1):
             scope = x.new_ones(B, 1, H, H)
             for t in range(T, 0, -1):
                 last = t == 1
+                given = None if regions is None else regions[:, t - 1].to(x.dtype)
                 with torch.no_grad():  # the competition only scores; it is not differentiated
-                    p = self.propose(x, scope, last)
+                    p = self.propose(x, scope, last, given)
                 score = competition_score(p, self.competition_lambda, self.competition_per_pixel)
                 k = pyro.sample(f"k_{t}", dist.Categorical(logits=-score), infer={"competition_scores": score})
-                region, loc, scale = self.explain(x, scope, k, last)
+                region = self.attend(x, scope, k, last) if given is None else given
+                loc, scale = self.encode(x, region, k)
                 pyro.sample(f"z_{t}", PresampledNormal(loc, scale, take_expert(p["noise"], k, 1)).to_event(1))
-                r = pyro.sample(f"r_{t}", RegionMean(region).to_event(3))
+                # given regions are observed in the model (pyro.condition), so they are no guide site
+                r = pyro.sample(f"r_{t}", RegionMean(region).to_event(3)) if given is None else given
                 scope = scope - r
         return scope

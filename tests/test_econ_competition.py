@@ -5,7 +5,7 @@ the competition terms of eq. (10) and (12), the winner, the sample z that was sc
 winner's eq. (13) terms with gradients, from the networks and the noise the guide draws. It
 takes nothing from the guide's trace or from ``Competition`` except what it compares: the
 winners, the z values, the scores the handler used, the loss and its gradients. These checks
-fail on each of three planted bugs that the older tests missed (a detached region in ``explain``, a z
+fail on each of three planted bugs that the older tests missed (a detached region in ``attend``, a z
 drawn with fresh noise, an unweighted L_x) and on wrong competition objectives.
 """
 import math
@@ -163,8 +163,8 @@ def test_a_wrong_competition_objective_fails_the_reference(monkeypatch, wrong):
 
 
 def detach_the_region(monkeypatch):
-    explain = ECONGuide.explain
-    monkeypatch.setattr(ECONGuide, "explain", lambda self, *a, **kw: (lambda r, loc, scale: (r.detach(), loc, scale))(*explain(self, *a, **kw)))
+    attend = ECONGuide.attend
+    monkeypatch.setattr(ECONGuide, "attend", lambda self, *a, **kw: attend(self, *a, **kw).detach())
 
 
 def draw_z_with_fresh_noise(monkeypatch):
@@ -177,8 +177,8 @@ def draw_z_with_fresh_noise(monkeypatch):
 def leave_L_x_unweighted(monkeypatch):
     propose = ECONGuide.propose
 
-    def unweighted(self, x, scope, last):
-        out = propose(self, x, scope, last)
+    def unweighted(self, x, scope, last, given=None):
+        out = propose(self, x, scope, last, given)
         out["L_x"] = ((x.unsqueeze(1) - out["mu"]) ** 2).sum((-3, -2, -1)) / (2 * self.model.sigma_x ** 2)
         return out
 

@@ -66,7 +66,8 @@ def plot_layered_generation(model, path: Path, background: int, objects: Optiona
     expert, each further layer from a random object expert, all by ``pyro.poutine.do`` on k_t
     and ``pyro.condition`` on z_t so the rows share their earlier layers."""
     device = model.expert_probs.device
-    objects = [e for e in range(model.num_experts) if e != background] if objects is None else list(objects)
+    if objects is None:  # one expert (generative MONet) draws the objects and the background
+        objects = [e for e in range(model.num_experts) if e != background] or [background]
     gen = torch.Generator().manual_seed(seed)
     ks = {f"k_{t}": torch.tensor(objects)[torch.randint(len(objects), (num_scenes,), generator=gen)].to(device) for t in range(2, max_layers + 1)}
     ks["k_1"] = torch.full((num_scenes,), background, device=device)

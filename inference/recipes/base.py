@@ -89,8 +89,14 @@ class Recipe:
         """Global gradient-norm clip, or None."""
         return None
 
+    def batch_keys(self, config: Dict) -> Tuple[str, ...]:
+        """The dataset keys that :meth:`loss` and :meth:`eval_loss` take. ``("image",)`` (the
+        default): they get the image tensor; otherwise a dict of these keys' stacked tensors."""
+        return ("image",)
+
     def loss(self, model, guide, images: torch.Tensor, step: int, config: Dict) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Differentiable training loss (per image, averaged over the batch) at ``step`` and floats to log."""
+        """Differentiable training loss (per image, averaged over the batch) at ``step`` and floats to log.
+        ``images`` is the batch of :meth:`batch_keys`."""
         raise NotImplementedError
 
     def eval_loss(self, model, guide, images: torch.Tensor, step: int, config: Dict) -> float:

@@ -57,8 +57,20 @@ class ECONSettings(RecipeSettings):
     temperature: float = setting(1.0, gt=0)
     temperature_final: float = setting(1.0, gt=0)
     temperature_steps: int = setting(0, ge=0)
+    #: generative MONet (section 5.1, Figure 5): train on the dataset's visible regions (the model's
+    #: r_t conditioned on them, the guide given them); needs num_layers = num_objects + 1
+    given_regions: bool = setting(False)
     plateau_patience: int = setting(5, ge=1)
     plateau_factor: float = setting(1 / math.sqrt(10), gt=0, lt=1)
+
+
+def given_regions(visible_masks: torch.Tensor) -> torch.Tensor:
+    """The model's layers from a scene's objects (listed back to front, as the sprites are):
+    ``(B, N, H, W)`` visible masks -> ``(B, N + 1, 1, H, W)`` regions r_1..r_{N+1}, where r_1 is
+    the background (what no object covers) and r_{t+1} the t-th object from the back."""
+    masks = visible_masks.float()
+    background = 1.0 - masks.sum(1, keepdim=True).clamp(max=1.0)
+    return torch.cat([background, masks], 1).unsqueeze(2)
 
 
 class ECONRecipe(Recipe):
@@ -79,6 +91,9 @@ class ECONRecipe(Recipe):
         size = config["image_size"]
         if size % 2 ** config["encoder_layers"] or size % 2 ** (config["attention_blocks"] - 1):
             raise ValueError(f"image_size {size} must be divisible by 2**encoder_layers and 2**(attention_blocks - 1)")
+        if config["given_regions"] and config["num_layers"] != config["num_objects"] + 1:
+            raise ValueError(f"given_regions: num_layers ({config['num_layers']}) must be num_objects + 1 "
+                             f"({config['num_objects'] + 1}), one layer per object and one for the background")
 
     def build(self, config: Dict, device: torch.device):
         from guides import ECONGuide
@@ -110,12 +125,16 @@ class ECONRecipe(Recipe):
         # appendix C.3: validation every 100 steps, LR / sqrt(10) after 5 evaluations without improvement
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=config["plateau_factor"], patience=config["plateau_patience"])
 
-    def loss(self, model, guide, images, step, config):
+    def batch_keys(self, config: Dict):
+        return ("image", "visible_masks") if config["given_regions"] else ("image",)
+
+    def loss(self, model, guide, batch, step, config):
         from inference.objectives import econ_loss
 
         temperature = self.temperature(step, config)
+        images, regions = (batch["image"], given_regions(batch["visible_masks"])) if isinstance(batch, dict) else (batch, None)
         loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], greedy=config["greedy"],
-                         temperature=temperature)
+                         temperature=temperature, regions=regions)
         return loss, {"temperature": temperature}
 
     @staticmethod
@@ -147,14 +166,17 @@ class ECONRecipe(Recipe):
         held-out batch: an expert that never wins shows 0 and is not learning."""
         from inference.evaluation.data import scenes
 
-        images = scenes(dataset, 0, min(config["batch_size"], len(dataset)))["image"]
+        items = scenes(dataset, 0, min(config["batch_size"], len(dataset)))
+        device = next(model.parameters()).device
+        keys = self.batch_keys(config)
+        batch = items["image"].to(device) if keys == ("image",) else {k: items[k].to(device) for k in keys}
         params = [p for m in (model, guide) for p in m.parameters()]
         saved = [p.grad for p in params]
         for p in params:
             p.grad = None
         try:
             with torch.enable_grad():
-                self.loss(model, guide, images.to(next(model.parameters()).device), step, config)[0].backward()
+                self.loss(model, guide, batch, step, config)[0].backward()
             out = {}
             for name, net in (("attention", guide.attention), ("encoder", guide.encoder), ("decoder", model.decoder)):
                 sq = sum(p.grad.pow(2).flatten(1).sum(1) for p in net.parameters() if p.grad is not None)

@@ -12,7 +12,7 @@ global RNGs, because those states are checkpointed.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,20 @@ def collate_images(items: List[Dict]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(item["image"]) for item in items])
 
 
+class Collate:
+    """Stack the ``keys`` of the items: the image tensor for ``("image",)``, else a dict of tensors
+    (a recipe's :meth:`~inference.recipes.base.Recipe.batch_keys`). A class, so that worker
+    processes can pickle it."""
+
+    def __init__(self, keys: Sequence[str] = ("image",)):
+        self.keys = tuple(keys)
+
+    def __call__(self, items: List[Dict]):
+        if self.keys == ("image",):
+            return collate_images(items)
+        return {key: torch.stack([torch.as_tensor(item[key]) for item in items]) for key in self.keys}
+
+
 def _worker_init(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32  # base seed (from the stream's generator) + worker id
     np.random.seed(seed)
@@ -77,16 +91,18 @@ def _worker_init(worker_id: int) -> None:
 
 
 class BatchStream:
-    """``next(stream)`` is the next training image batch; :meth:`state` / ``start`` resume it."""
+    """``next(stream)`` is the next training batch (the images, or a dict of ``keys``: :class:`Collate`);
+    :meth:`state` / ``start`` resume it."""
 
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, workers: int = 0,
-                 state: Dict[str, int] | None = None, rank: int = 0, world_size: int = 1):
+                 state: Dict[str, int] | None = None, rank: int = 0, world_size: int = 1,
+                 keys: Sequence[str] = ("image",)):
         state = state or {"epoch": 0, "batch": 0}
         self.sampler = EndlessBatchSampler(len(dataset), batch_size, seed, state["epoch"], state["batch"],
                                            rank, world_size)
         self.epoch, self.batch = state["epoch"], state["batch"]
         # A dedicated generator: the loader draws its workers' base seed from it, never from the global RNG.
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=collate_images,
+        self.loader = DataLoader(dataset, batch_sampler=self.sampler, collate_fn=Collate(keys),
                                  num_workers=workers, worker_init_fn=_worker_init if workers else None,
                                  generator=_generator(seed, self.epoch, self.batch, 1 + rank),
                                  persistent_workers=False)
@@ -96,14 +112,14 @@ class BatchStream:
         """Position of the next batch to be consumed."""
         return {"epoch": self.epoch, "batch": self.batch}
 
-    def __next__(self) -> torch.Tensor:
+    def __next__(self):
         if self._iter is None:
             self._iter = iter(self.loader)
-        images = next(self._iter)
+        batch = next(self._iter)
         self.batch += 1
         if self.batch == self.sampler.batches_per_epoch:
             self.epoch, self.batch = self.epoch + 1, 0
-        return images
+        return batch
 
     def __iter__(self):
         return self
@@ -131,8 +147,10 @@ def fixed_batch(dataset: Dataset, size: int) -> Dict:
     return batch
 
 
-def iterate_fixed(dataset: Dataset, items: int, batch_size: int) -> Iterator[torch.Tensor]:
-    """Image batches over the first ``items`` items, in order (for the validation loss)."""
+def iterate_fixed(dataset: Dataset, items: int, batch_size: int, keys: Sequence[str] = ("image",)) -> Iterator:
+    """Batches (as :class:`Collate` stacks ``keys``) over the first ``items`` items, in order (for the
+    validation loss)."""
     items = min(items, len(dataset))
+    collate = Collate(keys)
     for start in range(0, items, batch_size):
-        yield collate_images([dataset[i] for i in range(start, min(start + batch_size, items))])
+        yield collate([dataset[i] for i in range(start, min(start + batch_size, items))])

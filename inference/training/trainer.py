@@ -237,7 +237,7 @@ class Trainer:
                 seed_all(rank_seed(cfg["seed"], self.ranks.rank))
             self.loss_module = data_parallel(self.model, self.guide, self.recipe.loss, cfg, self.device)
         self.stream = BatchStream(self.train_set, cfg["batch_size"], cfg["seed"], cfg["workers"], data_state,
-                                  self.ranks.rank, world)
+                                  self.ranks.rank, world, keys=self.recipe.batch_keys(cfg))
         return self
 
     def _dataset(self, split: str):
@@ -381,10 +381,11 @@ class Trainer:
         cfg = self.config
         total, n = 0.0, 0
         with eval_mode(self.model, self.guide), preserved_rng(cfg["seed"] + VAL_SEED_OFFSET), self._diverges():
-            for images in iterate_fixed(self.val_set, cfg["val_items"], cfg["batch_size"]):
-                loss = self.recipe.eval_loss(self.model, self.guide, images.to(self.device), self.step, cfg)
-                total += float(loss) * len(images)
-                n += len(images)
+            for batch in iterate_fixed(self.val_set, cfg["val_items"], cfg["batch_size"], self.recipe.batch_keys(cfg)):
+                loss = self.recipe.eval_loss(self.model, self.guide, _to_device(batch, self.device), self.step, cfg)
+                size = len(batch["image"] if isinstance(batch, dict) else batch)
+                total += float(loss) * size
+                n += size
         return total / n if n else None
 
     def validation_metrics(self) -> Dict[str, Any]:
@@ -622,13 +623,13 @@ class Trainer:
         """One optimiser update. Parameters and optimiser are untouched until ``optimizer.step()``, so
         until then :meth:`state` (the snapshot after the previous step) is exact."""
         t0 = time.perf_counter()
-        images = next(self.stream).to(self.device)
+        batch = _to_device(next(self.stream), self.device)
         self.optimizer.zero_grad(set_to_none=True)
         with self._diverges():
             if self.loss_module is not None:  # DDP: backward averages the gradients over the ranks
-                loss, logs = self.loss_module(images, self.step)
+                loss, logs = self.loss_module(batch, self.step)
             else:
-                loss, logs = self.recipe.loss(self.model, self.guide, images, self.step, self.config)
+                loss, logs = self.recipe.loss(self.model, self.guide, batch, self.step, self.config)
         value = self._check_loss(loss)
         loss.backward()
         if self.clip:
