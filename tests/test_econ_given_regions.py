@@ -14,7 +14,8 @@ from pyro import poutine
 
 from inference.handlers import Competition
 from inference.objectives import econ_loss
-from inference.recipes.econ import ECONRecipe, given_regions
+from inference.decompose import regions_from_masks
+from inference.recipes.econ import ECONRecipe
 from test_econ import tiny as tiny_econ
 from test_econ_competition import BETA, GAMMA, KnownNoise
 
@@ -97,7 +98,7 @@ def test_sprite_masks_become_layers_back_to_front():
     visible = torch.zeros(1, 2, 4, 4, dtype=torch.bool)
     visible[0, 0, :2] = True  # the back object
     visible[0, 1, 3, 3] = True  # the front object
-    r = given_regions(visible)
+    r = regions_from_masks(visible)
     assert r.shape == (1, 3, 1, 4, 4)
     assert torch.equal(r[0, 1, 0], visible[0, 0].float()) and torch.equal(r[0, 2, 0], visible[0, 1].float())
     assert torch.equal(r.sum(1), torch.ones(1, 1, 4, 4)), "the background is what no object covers"
@@ -112,3 +113,13 @@ def test_recipe_trains_on_the_visible_masks():
     recipe.validate_config(config)
     with pytest.raises(ValueError, match="num_objects"):
         recipe.validate_config({**config, "num_layers": 5})
+
+
+def test_decompose_with_given_regions_keeps_them():
+    from inference.decompose import decompose
+
+    model, guide = tiny_econ(K=2, T=T, size=H)
+    regions = random_partition(1)
+    out = decompose(model, guide, torch.rand(B, 3, H, H), regions=regions)
+    assert torch.equal(out["regions"], regions)
+    assert out["experts"].shape == (B, T) and out["masks"].shape == (B, T, 1, H, H)

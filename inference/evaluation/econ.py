@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence
 import torch
 
 from datasets.sprites import CLASS_NAMES
-from inference.decompose import decompose
+from inference.decompose import decompose, regions_from_masks
 from inference.evaluation import plots
 from inference.evaluation.data import scene_batches
 from inference.metrics import econ as econ_metrics
@@ -24,9 +24,10 @@ SEGMENTATION = {
 
 @torch.no_grad()
 def evaluate_econ(model, guide, dataset, metrics: Sequence[str], num_samples: int = 1000, batch_size: int = 32,
-                  device="cpu", progress: bool = True) -> Dict:
+                  device="cpu", progress: bool = True, given_regions: bool = False) -> Dict:
     """Run the ECON ``metrics`` on the first ``num_samples`` scenes of ``dataset``, each scene
-    decomposed greedily (:func:`inference.decompose.decompose`).
+    decomposed greedily (:func:`inference.decompose.decompose`); with ``given_regions``, on the
+    scenes' visible masks (generative MONet), so that only the experts and the shapes are inferred.
 
     Returns ``{"results": {...}, "per_image": {...}, "matrix": ..., ...}``: ``results`` holds the
     JSON-ready numbers, the rest feeds :func:`econ_plots`.
@@ -37,7 +38,8 @@ def evaluate_econ(model, guide, dataset, metrics: Sequence[str], num_samples: in
     segmentation = {m: [] for m in SEGMENTATION if m in metrics}
     assignments, winners = [], []
     for _, batch in scene_batches(dataset, n, batch_size, "ECON evaluation", progress):
-        dec = decompose(model, guide, batch["image"].to(device), greedy=True)
+        given = regions_from_masks(batch["visible_masks"]).to(device) if given_regions else None
+        dec = decompose(model, guide, batch["image"].to(device), greedy=True, regions=given)
         regions = dec["regions"].float().cpu()
         winners.append(dec["experts"].cpu())
         pred, true = econ_metrics.segmentation_from_regions(regions), batch["segmentation"]
@@ -47,7 +49,7 @@ def evaluate_econ(model, guide, dataset, metrics: Sequence[str], num_samples: in
             values.append(SEGMENTATION[m](true, pred))
         if {"specialisation", "shape-iou"} & set(metrics):
             assignments.append(layer_assignments(batch, dec["experts"].cpu(), dec["masks"].float().cpu(), regions))
-    out: Dict = {"results": {"num_scenes": n, "win_share": win_share(torch.cat(winners), model.num_experts)},
+    out: Dict = {"results": {"num_scenes": n, "regions_given": bool(given_regions), "win_share": win_share(torch.cat(winners), model.num_experts)},
                  "per_image": {}, "class_names": list(CLASS_NAMES)}
     for m, values in segmentation.items():
         summarise(out, m, torch.cat(values))

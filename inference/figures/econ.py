@@ -41,21 +41,24 @@ def plot_decomposition(model, guide, images: torch.Tensor, path: Path, num_image
 
 
 @torch.no_grad()
-def plot_expert_samples(model, path: Path, num_samples: int = 8, seed: int = 0) -> Path:
-    """Fig. 1B / 6: each row decodes z ~ N(0, I) with one expert, shown as mu * m~ + (1 - m~) * white."""
+def plot_expert_samples(model, path: Path, num_samples: int = 8, seed: int = 0, rows_per_expert: Optional[int] = None) -> Path:
+    """Fig. 1B / 6 (and Fig. 5 for one expert): ``rows_per_expert`` rows per expert (default
+    ``max(1, 4 // K)``) of z ~ N(0, I) decoded by that expert, shown as mu * m~ + (1 - m~) * white."""
     gen = torch.Generator().manual_seed(seed)
     K = model.num_experts
+    rows = max(1, 4 // K) if rows_per_expert is None else int(rows_per_expert)
     device = model.expert_probs.device
-    z = torch.randn(K, num_samples, model.latent_dim, generator=gen).to(device)
-    k = torch.arange(K, device=device).unsqueeze(1).expand(K, num_samples)
+    z = torch.randn(K * rows, num_samples, model.latent_dim, generator=gen).to(device)
+    k = torch.arange(K, device=device).repeat_interleave(rows).unsqueeze(1).expand(K * rows, num_samples)
     mu, m = model.decoder(z, experts=k)
     shown = mu * m + (1 - m)
-    fig, axes = plt.subplots(K, num_samples, figsize=(1.2 * num_samples, 1.2 * K), squeeze=False)
-    for e in range(K):
+    fig, axes = plt.subplots(K * rows, num_samples, figsize=(1.2 * num_samples, 1.2 * K * rows), squeeze=False)
+    for row in range(K * rows):
         for s in range(num_samples):
-            axes[e, s].imshow(image(shown[e, s]))
-            axes[e, s].axis("off")
-        axes[e, 0].set_title(f"expert {e}", fontsize=7, loc="left")
+            axes[row, s].imshow(image(shown[row, s]))
+            axes[row, s].axis("off")
+        if row % rows == 0:
+            axes[row, 0].set_title(f"expert {row // rows}", fontsize=7, loc="left")
     return save(fig, path)
 
 

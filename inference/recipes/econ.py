@@ -64,15 +64,6 @@ class ECONSettings(RecipeSettings):
     plateau_factor: float = setting(1 / math.sqrt(10), gt=0, lt=1)
 
 
-def given_regions(visible_masks: torch.Tensor) -> torch.Tensor:
-    """The model's layers from a scene's objects (listed back to front, as the sprites are):
-    ``(B, N, H, W)`` visible masks -> ``(B, N + 1, 1, H, W)`` regions r_1..r_{N+1}, where r_1 is
-    the background (what no object covers) and r_{t+1} the t-th object from the back."""
-    masks = visible_masks.float()
-    background = 1.0 - masks.sum(1, keepdim=True).clamp(max=1.0)
-    return torch.cat([background, masks], 1).unsqueeze(2)
-
-
 class ECONRecipe(Recipe):
     name = "econ"
     datasets = ("sprites-unique", "sprites-random")
@@ -132,7 +123,9 @@ class ECONRecipe(Recipe):
         from inference.objectives import econ_loss
 
         temperature = self.temperature(step, config)
-        images, regions = (batch["image"], given_regions(batch["visible_masks"])) if isinstance(batch, dict) else (batch, None)
+        from inference.decompose import regions_from_masks
+
+        images, regions = (batch["image"], regions_from_masks(batch["visible_masks"])) if isinstance(batch, dict) else (batch, None)
         loss = econ_loss(model, guide, images, beta=config["beta"], gamma=config["gamma"], greedy=config["greedy"],
                          temperature=temperature, regions=regions)
         return loss, {"temperature": temperature}
@@ -149,8 +142,8 @@ class ECONRecipe(Recipe):
         decomposition of ``val_items`` scenes), and each expert's gradient norm on one batch."""
         from inference.evaluation.econ import evaluate_econ
 
-        res = evaluate_econ(model, guide, dataset, metrics=("fg-ari", "specialisation", "shape-iou"),
-                            num_samples=config["val_items"], batch_size=config["batch_size"], progress=False)["results"]
+        res = evaluate_econ(model, guide, dataset, metrics=("fg-ari", "specialisation", "shape-iou"), num_samples=config["val_items"],
+                            batch_size=config["batch_size"], progress=False, given_regions=config["given_regions"])["results"]
         out = {"fg-ari": res["fg-ari"], "specialisation": res["specialisation"],
                "specialisation_with_background": res["specialisation_with_background"],
                "experts_distinct": float(res["experts_distinct"]), "shape-iou": res["shape-iou"],
@@ -190,7 +183,8 @@ class ECONRecipe(Recipe):
         """The ECON metrics (:func:`~inference.evaluation.econ.evaluate_econ`)."""
         from inference.evaluation.econ import evaluate_econ
 
-        return evaluate_econ(model, guide, dataset, metrics, options.num_samples, options.batch_size, options.device, options.progress)
+        return evaluate_econ(model, guide, dataset, metrics, options.num_samples, options.batch_size, options.device, options.progress,
+                             given_regions=config["given_regions"])
 
     def evaluation_plots(self, evaluation, prefix: Path) -> List[Path]:
         from inference.evaluation.econ import econ_plots
