@@ -1,7 +1,7 @@
 """Evaluate a trained run with the metrics of its model's recipe: :func:`evaluate` and its command
 line (protocols: docs/metrics.md). Nothing here names a model.
 
-    python -m inference.evaluate RUN_DIR_OR_CHECKPOINT [--metrics ari,fg-ari] [--num-samples N]
+    python -m inference.evaluate RUN_DIR_OR_CHECKPOINT_OR_PRETRAINED_NAME [--metrics ari,fg-ari] [--num-samples N]
         [--split test] [--out FILE.json] [--device cpu]
 
 Default: all metrics of the checkpoint's model. Writes a JSON of results (default
@@ -23,7 +23,7 @@ import torch
 from inference.devices import DEVICE_HELP, device_option
 from inference.recipes import RECIPES, get_recipe
 from inference.recipes.base import EvalOptions
-from inference.runs import SettingsError, open_run
+from inference.runs import SettingsError, is_pretrained, open_run
 from inference.training.checkpoint import CheckpointError, run_dir
 
 
@@ -109,7 +109,9 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
     report = dict(checkpoint=str(file), model=recipe.name, dataset=config.get("dataset"), step=step, split=split,
                   overrides=overrides or {},
                   metrics=chosen, num_samples=n, seconds=round(time.time() - t0, 1), results=evaluation["results"])
-    out = Path(out) if out is not None else default_output(Path(file), split)
+    if out is None:  # a pretrained model's evaluation goes to ./eval/<name>/, not into the package
+        out = Path("eval") / str(path) / f"metrics_{split}.json" if is_pretrained(path) else default_output(Path(file), split)
+    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if plots:
         report["plots"] = [str(p) for p in recipe.evaluation_plots(evaluation, out.with_suffix(""))]
@@ -122,7 +124,8 @@ def evaluate(path, metrics: Optional[List[str]] = None, num_samples: Optional[in
 METRICS_HELP = "; ".join(f"{model}: {', '.join(metrics)}" for model, metrics in model_metrics().items())
 
 
-@click.command(help=f"Evaluate the run or checkpoint PATH with the metrics of its model. Metrics per model: {METRICS_HELP}.",
+@click.command(help=f"Evaluate the run, checkpoint or pretrained model (by name) PATH with the metrics of its model. "
+                    f"Metrics per model: {METRICS_HELP}.",
                context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("path", type=click.Path())
 @click.option("--metrics", "-m", multiple=True, help="comma-separated metric names (default: all for the model)")

@@ -12,13 +12,50 @@ class SettingsError(ValueError):
     """Settings (``--set``) that the run's recipe rejects."""
 
 
+def is_pretrained(path) -> bool:
+    """Whether ``path`` names a shipped pretrained model (:func:`inference.pretrained.names`)."""
+    from inference import pretrained
+
+    return isinstance(path, str) and path in pretrained.names()
+
+
+def open_pretrained(name: str, device="cpu", overrides: Optional[Dict] = None):
+    """:func:`open_run` for the shipped pretrained model ``name``."""
+    import pyro
+    import torch
+
+    from inference import pretrained
+    from inference.recipes import get_recipe
+
+    record = pretrained.info(name)
+    recipe = get_recipe(record["model"])
+    config = recipe.complete_config(dict(record["config"]))
+    if overrides:
+        unknown = sorted(set(overrides) - set(config))
+        if unknown:
+            raise SettingsError(f"--set: unknown setting(s) {', '.join(unknown)} for model {record['model']!r}")
+        config.update(overrides)
+        try:
+            recipe.validate_config(config)
+        except ValueError as e:
+            raise SettingsError(f"--set: {e}") from None
+    pyro.clear_param_store()
+    model, guide = recipe.build(config, torch.device(device))
+    model.load_state_dict(record["model_state"])
+    guide.load_state_dict(record["guide_state"])
+    return pretrained.path(name), recipe, config, model.eval(), guide.eval(), int(record["step"])
+
+
 def open_run(path, device="cpu", overrides: Optional[Dict] = None):
     """Restore the checkpoint (or a run's latest one) at ``path`` in eval mode:
     ``(file, recipe, config, model, guide, step)``; ``overrides`` replace settings of its config.
+    ``path`` may also name a pretrained model (``econ-sprites-unique``).
 
     Raises :class:`~inference.training.checkpoint.CheckpointError` for a missing, broken or
     unbuildable checkpoint and :class:`SettingsError` for ``overrides`` the recipe rejects.
     """
+    if is_pretrained(path):
+        return open_pretrained(path, device, overrides)
     file = find_checkpoint(path)
     name = load_checkpoint(file).get("model")  # validates the file before any building
     if name not in RECIPES:

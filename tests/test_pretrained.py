@@ -116,3 +116,16 @@ def test_gnm_mnist4_predictive_and_do():
     nothing = torch.zeros(4, model.cfg.num_cells)
     assert poutine.do(model, data={"z_pres": nothing})(batch_size=4).abs().max() < 1e-6
     assert model(batch_size=4).abs().max() > 0.5  # while undisturbed generations draw digits
+
+
+def test_evaluate_takes_a_pretrained_name_and_writes_beside_the_caller(tmp_path, monkeypatch):
+    from inference.evaluate import EvaluationError, evaluate
+
+    monkeypatch.chdir(tmp_path)
+    report = evaluate("econ-sprites-unique", metrics=["fg-ari"], num_samples=8, plots=False, progress=False,
+                      overrides={"given_regions": True})
+    assert report["results"]["regions_given"] and report["results"]["fg-ari"] == pytest.approx(1.0)
+    assert (tmp_path / "eval" / "econ-sprites-unique" / "metrics_test.json").is_file()
+    with pytest.raises(EvaluationError, match="num_objects"):
+        evaluate("econ-sprites-unique", metrics=["fg-ari"], num_samples=8, plots=False, progress=False,
+                 overrides={"given_regions": True, "num_layers": 5})
