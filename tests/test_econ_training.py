@@ -75,3 +75,26 @@ def test_a_run_saved_before_newer_settings_existed_still_resumes(tmp_path):
     # trained summed: stays so (legacy_defaults); the others take today's defaults, which they were trained with
     assert resumed["config"]["competition_per_pixel"] is False
     assert [resumed["config"][k] for k in added if k != "competition_per_pixel"] == [3, 1.0, 1.0, 0]
+
+
+def test_given_regions_train_from_the_cli_on_the_visible_masks(tmp_path, monkeypatch):
+    """--set given_regions=true: every training and validation batch carries the visible masks and
+    the loss conditions r_t on them (generative MONet, docs/econ.md)."""
+    import inference.objectives as objectives
+    from inference.decompose import regions_from_masks
+
+    seen = []
+    loss = objectives.econ_loss
+
+    def spy(model, guide, x, *args, regions=None, **kwargs):
+        seen.append(regions)
+        return loss(model, guide, x, *args, regions=regions, **kwargs)
+
+    monkeypatch.setattr(objectives, "econ_loss", spy)
+    out = tmp_path / "monet"
+    result = run(*TINY, "--steps", "2", "--set", "num_experts=1", "--set", "given_regions=true", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert seen and all(r is not None and r.shape[1:] == (4, 1, 16, 16) for r in seen)
+    assert all(torch.equal(r.sum(1), torch.ones_like(r[:, 0])) for r in seen), "the layers partition each image"
+    assert torch.equal(regions_from_masks(torch.zeros(1, 3, 16, 16, dtype=torch.bool))[0, 0], torch.ones(1, 16, 16))
+    assert json.loads((out / "config.json").read_text())["given_regions"] is True
