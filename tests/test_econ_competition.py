@@ -239,7 +239,7 @@ def test_recipe_loss_takes_beta_gamma_greedy_and_temperature_from_the_config(mon
 
     monkeypatch.setattr(objectives, "econ_loss", spy)
     _, logs = recipe.loss(None, None, torch.zeros(1), 50, config)
-    assert seen == dict(beta=1.5, gamma=0.25, greedy=True, temperature=pytest.approx(40.0))
+    assert seen == dict(beta=1.5, gamma=0.25, greedy=True, temperature=pytest.approx(40.0), regions=None)
     assert logs["temperature"] == pytest.approx(40.0)
     recipe.loss(None, None, torch.zeros(1), 500, config)
     assert seen["temperature"] == pytest.approx(4.0)
