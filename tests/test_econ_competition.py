@@ -266,3 +266,10 @@ def test_recipe_loss_is_econ_loss_with_the_config():
     torch.manual_seed(3)
     other = econ_loss(model, guide, x, beta=3.0, gamma=0.25, greedy=True)
     assert torch.equal(loss, same) and not torch.allclose(loss, other)
+
+
+def test_each_dataset_defaults_to_the_competition_measured_for_it():
+    recipe = ECONRecipe()
+    unique, random = recipe.default_config("sprites-unique"), recipe.default_config("sprites-random")
+    assert unique["competition_per_pixel"] and unique["lam"] == 1.0  # docs/econ.md: per-pixel on unique colours
+    assert not random["competition_per_pixel"] and random["lam"] == 0.0  # the paper's sums of L_r on random colours

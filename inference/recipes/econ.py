@@ -19,6 +19,10 @@ PAPER_SETTINGS = {
     "sprites-unique": dict(latent_dim=2, layers=4, features=32, beta=9.54, gamma=0.52, lam=1.0),
     "sprites-random": dict(latent_dim=5, layers=3, features=32, beta=1.0, gamma=3.26, lam=0.0),
 }
+#: the competition each dataset defaults to (docs/econ.md): per-pixel scores on unique colours
+#: (experts specialise in 1,000 steps, the literal sums never); the paper's literal sums on random
+#: colours, the only competition measured to decompose them (`econ-sprites-random`)
+PER_PIXEL_COMPETITION = {"sprites-unique": True, "sprites-random": False}
 
 
 @dataclass(kw_only=True)
@@ -51,7 +55,8 @@ class ECONSettings(RecipeSettings):
     lam: float = setting(ge=0)
     greedy: bool = setting(False)
     #: the competition (docs/econ.md): experts scored per pixel of their regions (this project's
-    #: choice, measured there), with the literal exp(-score) draw; the temperature goes
+    #: choice, measured there; the default on unique colours, PER_PIXEL_COMPETITION) or summed, as
+    #: the paper, with the literal exp(-score) draw; the temperature goes
     #: geometrically from ``temperature`` to ``temperature_final`` over ``temperature_steps``
     competition_per_pixel: bool = setting(True)
     temperature: float = setting(1.0, gt=0)
@@ -74,7 +79,8 @@ class ECONRecipe(Recipe):
 
     def default_config(self, dataset: str) -> Dict:
         paper = {k: PAPER_SETTINGS[dataset][k] for k in ("latent_dim", "beta", "gamma", "lam")}
-        return dict(defaults(ECONSettings, lr=5e-4, image_size=32, num_train=50_000, **paper), dataset=dataset,
+        return dict(defaults(ECONSettings, lr=5e-4, image_size=32, num_train=50_000, **paper,
+                             competition_per_pixel=PER_PIXEL_COMPETITION[dataset]), dataset=dataset,
                     steps=3000, val_every=100, val_items=100)  # appendix C.3: validation loss every 100 iterations (100 scenes)
 
     def validate_config(self, config: Dict) -> None:
