@@ -21,29 +21,14 @@ def is_pretrained(path) -> bool:
 
 def open_pretrained(name: str, device="cpu", overrides: Optional[Dict] = None):
     """:func:`open_run` for the shipped pretrained model ``name``."""
-    import pyro
-    import torch
-
     from inference import pretrained
-    from inference.recipes import get_recipe
 
     record = pretrained.info(name)
-    recipe = get_recipe(record["model"])
-    config = recipe.complete_config(dict(record["config"]))
-    if overrides:
-        unknown = sorted(set(overrides) - set(config))
-        if unknown:
-            raise SettingsError(f"--set: unknown setting(s) {', '.join(unknown)} for model {record['model']!r}")
-        config.update(overrides)
-        try:
-            recipe.validate_config(config)
-        except ValueError as e:
-            raise SettingsError(f"--set: {e}") from None
-    pyro.clear_param_store()
-    model, guide = recipe.build(config, torch.device(device))
-    model.load_state_dict(record["model_state"])
-    guide.load_state_dict(record["guide_state"])
-    return pretrained.path(name), recipe, config, model.eval(), guide.eval(), int(record["step"])
+    try:
+        recipe, config, model, guide = pretrained.build(record, device, overrides)
+    except ValueError as e:
+        raise SettingsError(f"--set: {e}") from None
+    return pretrained.path(name), recipe, config, model, guide, int(record["step"])
 
 
 def open_run(path, device="cpu", overrides: Optional[Dict] = None):

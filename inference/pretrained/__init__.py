@@ -50,22 +50,29 @@ def info(name: str) -> Dict[str, Any]:
     return record
 
 
-def load(name: str, device="cpu") -> Tuple[torch.nn.Module, torch.nn.Module]:
+def load(name: str, device="cpu", overrides: Dict[str, Any] = None) -> Tuple[torch.nn.Module, torch.nn.Module]:
     """Build model ``name`` and its guide with their trained weights, in eval mode, on ``device``.
 
-    Pyro's parameter store is cleared first (the recipes register their modules by name).
+    ``overrides`` replace settings of its config (``ValueError`` for unknown keys and rejected
+    values). Pyro's parameter store is cleared first (the recipes register their modules by name).
     """
+    return build(info(name), device, overrides)[2:]
+
+
+def build(record: Dict[str, Any], device="cpu", overrides: Dict[str, Any] = None):
+    """:func:`load` from a record of :func:`info`: ``(recipe, config, model, guide)``."""
     import pyro
 
     from inference.recipes import get_recipe
+    from inference.training.checkpoint import override_config
 
-    record = info(name)
-    pyro.clear_param_store()
     recipe = get_recipe(record["model"])
-    model, guide = recipe.build(recipe.complete_config(dict(record["config"])), torch.device(device))
+    config = override_config(recipe, recipe.complete_config(dict(record["config"])), overrides)
+    pyro.clear_param_store()
+    model, guide = recipe.build(config, torch.device(device))
     model.load_state_dict(record["model_state"])
     guide.load_state_dict(record["guide_state"])
-    return model.eval(), guide.eval()
+    return recipe, config, model.eval(), guide.eval()
 
 
 def export(run, name: str, command: str, metrics: Dict[str, Any] = None) -> Path:

@@ -148,6 +148,19 @@ def load_module_states(model, guide, ckpt: Dict[str, Any]) -> None:
                                   f"config: {e}") from None
 
 
+def override_config(recipe, config, overrides=None):
+    """``config`` with ``overrides`` applied and validated by ``recipe``; keys the config lacks and
+    values the recipe rejects raise ``ValueError``."""
+    if not overrides:
+        return config
+    unknown = sorted(set(overrides) - set(config))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)} for model {recipe.name!r}")
+    config = {**config, **overrides}
+    recipe.validate_config(config)
+    return config
+
+
 def restore(path, device="cpu", overrides=None):
     """Rebuild a trained model and guide: ``(recipe, config, model, guide, step)``.
 
@@ -168,13 +181,7 @@ def restore(path, device="cpu", overrides=None):
     device = torch.device(device)
     ckpt = load_checkpoint(file, map_location=device)
     recipe = recipes.get_recipe(ckpt["model"])
-    config = recipe.complete_config(dict(ckpt["config"]))
-    if overrides:
-        unknown = sorted(set(overrides) - set(config))
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)} for model {ckpt['model']!r}")
-        config.update(overrides)
-        recipe.validate_config(config)
+    config = override_config(recipe, recipe.complete_config(dict(ckpt["config"])), overrides)
     pyro.clear_param_store()
     model, guide = recipe.build(config, device)
     try:
