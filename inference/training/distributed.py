@@ -21,6 +21,7 @@ Gloo on CPU, NCCL on CUDA (each rank on ``cuda:LOCAL_RANK``).
 """
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, List
@@ -74,7 +75,19 @@ class Ranks:
         torch.distributed.init_process_group(backend=backend, rank=self.rank, world_size=self.world_size)
 
     def stop(self) -> None:
-        if self.distributed and torch.distributed.is_initialized():
+        """Leave the process group once every rank is here: a rank that tears down its gloo
+        connections while a peer still uses them can abort at exit ("terminate called without an
+        active exception"). A peer that never arrives (it failed) is waited for 60 s at most."""
+        if not (self.distributed and torch.distributed.is_initialized()):
+            return
+        try:
+            if torch.distributed.get_backend() == "gloo":
+                torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                torch.distributed.barrier()
+        except RuntimeError:
+            pass  # a failed peer: leave anyway
+        finally:
             torch.distributed.destroy_process_group()
 
     # ------------------------------------------------------------- collectives
