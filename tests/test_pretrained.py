@@ -132,3 +132,26 @@ def test_evaluate_takes_a_pretrained_name_and_writes_beside_the_caller(tmp_path,
     with pytest.raises(EvaluationError, match="num_objects"):
         evaluate("econ-sprites-unique", metrics=["fg-ari"], num_samples=8, plots=False, progress=False,
                  overrides={"given_regions": True, "num_layers": 5})
+
+
+def test_unpack_makes_a_run_that_fine_tunes_from_the_shipped_weights(tmp_path):
+    from click.testing import CliRunner
+
+    from inference.svi import main as svi
+    from inference.training.checkpoint import find_checkpoint, load_checkpoint
+
+    out = tmp_path / "fine-tune"
+    record = pretrained.info("econ-sprites-unique")
+    path = pretrained.unpack("econ-sprites-unique", out)
+    assert path == find_checkpoint(out) and (out / "config.json").is_file()
+    with pytest.raises(pretrained.PretrainedError, match="already holds a run"):
+        pretrained.unpack("econ-sprites-unique", out)
+    step = record["step"]
+    result = CliRunner().invoke(svi, ["--resume", "--amend", "--out", str(out), "--steps", str(step + 2),
+                                      "--set", "num_train=16", "--set", "num_val=8", "--set", "batch_size=4",
+                                      "--set", "workers=0", "--set", "val_every=0"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    ck = load_checkpoint(find_checkpoint(out))
+    assert ck["step"] == step + 2 and ck["optimizer_state"]["state"]  # a fresh optimiser that took 2 steps
+    moved = [k for k, v in record["model_state"].items() if v.is_floating_point() and not torch.equal(v, ck["model_state"][k])]
+    assert moved and set(ck["model_state"]) == set(record["model_state"])  # the shipped weights, trained on

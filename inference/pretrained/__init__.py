@@ -3,7 +3,9 @@
 Each model is one file ``inference/pretrained/models/<name>.pt`` holding the recipe name, the
 run's config, the model and guide weights (no optimiser state), the step and the command that
 trained it. ``python -m inference.pretrained export RUN NAME --command "..."`` writes one from a
-training run; ``python -m inference.pretrained list`` lists them with their commands.
+training run; ``python -m inference.pretrained list`` lists them with their commands;
+``python -m inference.pretrained unpack NAME OUT`` makes a run of one, to fine-tune with
+``python -m inference.svi --resume --amend --out OUT``.
 
     from inference import pretrained
     pretrained.names()                                   # ['econ-sprites-random', 'econ-sprites-unique', ...]
@@ -91,4 +93,27 @@ def export(run, name: str, command: str, metrics: Dict[str, Any] = None) -> Path
     return atomic_write(MODELS_DIR / f"{name}.pt", lambda f: torch.save(record, f))
 
 
-__all__ = ["PretrainedError", "export", "info", "load", "names", "path"]
+def unpack(name: str, out) -> Path:
+    """Turn pretrained model ``name`` into a training run in directory ``out``, to fine-tune it with
+    ``python -m inference.svi --resume --amend --out OUT --set KEY=VALUE --steps N``: its config and
+    a checkpoint at its step with its weights. The file holds no optimiser, RNG or data state, so
+    the continuation starts a fresh optimiser (its running averages build up again) and fresh noise
+    and data order: a fine-tuning, not a bit-exact continuation of the original run."""
+    import json
+
+    from inference.training.checkpoint import save_checkpoint
+    from inference.training.files import atomic_write_text
+    from inference.training.rundir import RunDir
+
+    record, run = info(name), RunDir(Path(out))
+    if run.holds_run():
+        raise PretrainedError(f"{run.path} already holds a run ({run.describe()}); choose another directory")
+    run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+    config = dict(record["config"])
+    atomic_write_text(run.config_path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return save_checkpoint(run.ckpt_dir, {
+        "model": record["model"], "dataset": config["dataset"], "step": int(record["step"]), "config": config,
+        "model_state": record["model_state"], "guide_state": record["guide_state"]})
+
+
+__all__ = ["PretrainedError", "export", "info", "load", "names", "path", "unpack"]

@@ -1,4 +1,4 @@
-"""``python -m inference.pretrained list`` and ``python -m inference.pretrained export RUN NAME --command CMD``."""
+"""``python -m inference.pretrained list``, ``... export RUN NAME --command CMD`` and ``... unpack NAME OUT``."""
 from __future__ import annotations
 
 import json
@@ -46,6 +46,19 @@ def export(run, name, command, metrics_file):
     except (CheckpointError, pretrained.PretrainedError) as e:
         raise click.ClickException(str(e))
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@cli.command()
+@click.argument("name")
+@click.argument("out", type=click.Path(file_okay=False))
+def unpack(name, out):
+    """Make a training run in OUT from pretrained model NAME (config and weights, fresh optimiser),
+    to fine-tune it: python -m inference.svi --resume --amend --out OUT --set KEY=VALUE --steps N."""
+    try:
+        path = pretrained.unpack(name, out)
+    except pretrained.PretrainedError as e:
+        raise click.ClickException(str(e))
+    click.echo(f"wrote {path}; continue with: python -m inference.svi --resume --amend --out {out} --steps N")
 
 
 if __name__ == "__main__":

@@ -590,7 +590,9 @@ class Trainer:
     def _run(self) -> Dict[str, Any]:
         if self.resume_ckpt is not None:
             ck = self.resume_ckpt
-            set_rng_state(ck["rank_rng"][self.ranks.rank] if self.ranks.distributed else ck["rng"])
+            rng = ck["rank_rng"][self.ranks.rank] if self.ranks.distributed and "rank_rng" in ck else ck.get("rng")
+            if rng is not None:  # absent from an unpacked pretrained model: the seed's noise then
+                set_rng_state(rng)
         self._snapshot = (get_rng_state(), self.stream.state())
         self._start_files()
         self._announce()
