@@ -1,7 +1,7 @@
-"""Amortised guides for the models in :mod:`pyro_scenes`: ``from guides import ECONGuide, GNMGuide``."""
+"""Amortised guides for the models in :mod:`pyro_scenes`: ``from guides import ECONGuide, GNMGuide, SPACEGuide``."""
 import importlib
 
-_GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm"}
+_GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm", "SPACEGuide": "guides.space"}
 
 __all__ = sorted(_GUIDES)
 

@@ -1,11 +1,11 @@
 """pyro-scenes: structured generative scene models as Pyro programs.
 
-``from pyro_scenes import ECON, GNM``. Models are imported lazily so that importing one never
+``from pyro_scenes import ECON, GNM, SPACE``. Models are imported lazily so that importing one never
 pays for (or fails on) the other.
 """
 import importlib
 
-_MODELS = {"ECON": "pyro_scenes.econ", "GNM": "pyro_scenes.gnm"}
+_MODELS = {"ECON": "pyro_scenes.econ", "GNM": "pyro_scenes.gnm", "SPACE": "pyro_scenes.space"}
 
 __all__ = sorted(_MODELS)
 

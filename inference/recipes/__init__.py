@@ -9,6 +9,7 @@ from inference.recipes.base import Recipe
 RECIPES = {
     "econ": "inference.recipes.econ:ECONRecipe",
     "gnm": "inference.recipes.gnm:GNMRecipe",
+    "space": "inference.recipes.space:SPACERecipe",
 }
 
 
