@@ -210,3 +210,16 @@ def test_cli_run_evaluate_and_likelihood(tmp_path):
     assert res.returncode == 0, res.stderr + res.stdout
     report = json.loads(next(out.glob("**/metrics_test.json")).read_text())
     assert {"box-ap@0.5", "count-accuracy", "ll"} <= set(report["results"])
+
+
+def test_the_curriculum_fixes_alpha_for_its_first_steps_only():
+    r = SPACERecipe()
+    cfg = config(curriculum_steps=10)
+    model, guide = r.build(cfg, torch.device("cpu"))
+    x = torch.rand(2, 1, 32, 32)
+    for step, fixed in ((0, True), (9, True), (10, False)):
+        on_model, on_guide = r.handlers(step, cfg)
+        gtr = poutine.trace(on_guide(guide)).get_trace(x)
+        mtr = poutine.trace(poutine.replay(on_model(model), trace=gtr)).get_trace(x)
+        alpha = mtr.nodes["x"]["fn"].weights[..., 0, :, :, :]
+        assert torch.allclose(alpha, torch.tensor(0.9)) == fixed

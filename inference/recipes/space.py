@@ -10,7 +10,9 @@ image and averaged over the batch::
 
 computed by ``TraceMeanField_ELBO().differentiable_loss`` (the z_pres weights are the model's
 ``poutine.scale``) under :class:`~inference.handlers.prior.BernoulliPrior` (the z_pres prior
-rho, model) and :class:`~inference.handlers.temperature.RelaxationTemperature` (model and guide).
+rho, model), :class:`~inference.handlers.temperature.RelaxationTemperature` (model and guide)
+and :class:`~inference.handlers.curriculum.FixedMaskCurriculum` (model; alpha fixed at 0.9 for
+the first 1,000 steps).
 GNM's datasets, splits, metrics (box AP, count accuracy, the z_what probe) and optimiser are
 used as they are, so Table 2 compares the two models on equal terms.
 """
@@ -52,6 +54,14 @@ class SPACESettings(RecipeSettings):
     #: pixel stds of the foreground and background components of p(x | z)
     fg_sigma: float = setting(0.15, gt=0)
     bg_sigma: float = setting(0.15, gt=0)
+    #: fixed-mask curriculum (GNM supplement section 3, as SPACE's fixed-alpha start): for the
+    #: first curriculum_steps the alpha map is curriculum_alpha everywhere, so the foreground must
+    #: explain the scene before the background may (without it the background takes the digits:
+    #: docs/space.md, "Training")
+    curriculum: bool = setting(True)
+    curriculum_steps: int = setting(1_000, ge=0)
+    curriculum_alpha: float = setting(0.9, gt=0, lt=1)
+    curriculum_pres_max: float = setting(0.99, gt=0)
     ll_particles: int = setting(100, ge=1)
 
 
@@ -116,14 +126,19 @@ class SPACERecipe(Recipe):
                 "tau": Linear(config["tau_start"], config["tau_end"], 0, config["tau_steps"])}
 
     def handlers(self, step: int, config: Dict) -> Tuple:
-        """``(model handler, guide handler)`` at ``step``: the z_pres prior and temperature."""
+        """``(model handler, guide handler)`` at ``step``: the z_pres prior and temperature, and
+        the fixed-mask curriculum (model)."""
+        from inference.handlers.curriculum import FixedMaskCurriculum
         from inference.handlers.prior import BernoulliPrior
         from inference.handlers.temperature import RelaxationTemperature
 
         s = self.schedules(config)
         tau = RelaxationTemperature(s["tau"], step=step, pattern="z_pres")
         prior = BernoulliPrior(s["rho"], step=step, pattern="z_pres")
-        return (lambda fn: tau(prior(fn))), tau
+        end = config["curriculum_steps"] if config["curriculum"] else 0
+        curriculum = FixedMaskCurriculum(step=step, begin=0, end=end, alpha=config["curriculum_alpha"],
+                                         pres_max=config["curriculum_pres_max"])
+        return (lambda fn: curriculum(tau(prior(fn)))), tau
 
     def loss(self, model, guide, images, step, config):
         from pyro.infer import TraceMeanField_ELBO

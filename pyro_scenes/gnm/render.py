@@ -4,7 +4,8 @@
 * RGB scenes with alpha: importance ``gamma_k = STN^-1(alpha_k z_pres_k sigmoid(-depth_k))``
   normalised over cells; ``fg = sum_k gamma_k STN^-1(alpha_k z_pres_k o_k)``; alpha map =
   ``sum_k STN^-1(alpha_k z_pres_k)`` clamped to [eps, 1 - eps] with a straight-through gradient;
-  ``x = fg + (1 - alpha) * bg`` (the authors' code).
+  ``x = fg + (1 - alpha) * bg`` (the authors' code). SPACE's alpha map (``mean_alpha``) is the
+  importance-weighted mean ``sum_k gamma_k STN^-1(alpha_k z_pres_k)`` instead.
 
 The compositing can be changed by handlers through one Pyro effect, :func:`render_options`
 (message type ``"gnm_render"``): the fixed-mask curriculum of the supplement (section 3) sets
@@ -76,12 +77,15 @@ def render_alpha(
     image_size: int,
     eps: float = 1e-15,
     options: RenderOptions = RenderOptions(),
+    mean_alpha: bool = False,
 ):
     """Algorithm 2 with alpha and depth; returns ``(x, foreground, alpha_map)``.
 
     :param appearance: ``(..., K, C, g, g)``; :param alpha: ``(..., K, 1, g, g)``;
     :param z_pres: ``(..., K)``; :param z_depth: ``(..., K, 1)``; :param where: ``(..., K, 4)``;
     :param background: ``(..., C, H, W)``.
+    :param mean_alpha: SPACE's alpha map: the importance-weighted mean ``sum_k gamma_k
+        STN^-1(alpha_k z_pres_k)``, in [0, 1] by construction (GNM's: the clamped sum).
     """
     C = appearance.shape[-3]
     if options.pres_max is not None:
@@ -93,8 +97,11 @@ def render_alpha(
     y_cells, imp, a_full = placed.split([C, 1, 1], -3)
     imp = imp / (imp.sum(-4, keepdim=True) + eps)
     foreground = (y_cells * imp).sum(-4)
-    alpha_map = a_full.sum(-4)
-    alpha_map = alpha_map + (alpha_map.clamp(eps, 1 - eps) - alpha_map).detach()
+    if mean_alpha:
+        alpha_map = (a_full * imp).sum(-4)
+    else:
+        alpha_map = a_full.sum(-4)
+        alpha_map = alpha_map + (alpha_map.clamp(eps, 1 - eps) - alpha_map).detach()
     if options.alpha is not None:
         alpha_map = torch.full_like(alpha_map, float(options.alpha))
     x = foreground + (1 - alpha_map) * background

@@ -28,16 +28,16 @@ class SPACEConfig:
     bg_hidden: int = 64
     #: the background is modelled at 1/bg_downsample of the image's side (decoded there, then
     #: upsampled bilinearly; the guide's background encoders read the image average-pooled to it)
-    bg_downsample: int = 4
+    bg_downsample: int = 16
     #: sub-pixel decoders from 1x1 to the background's side, for masks (+ a 3x3 conv to 1 channel)
     #: and components (+ a 3x3 conv to C channels)
-    bg_filters: Tuple[int, ...] = (32, 16, 8)
-    bg_kernels: Tuple[int, ...] = (1, 1, 3)
-    bg_upscales: Tuple[int, ...] = (4, 2, 2)
+    bg_filters: Tuple[int, ...] = (32, 16)
+    bg_kernels: Tuple[int, ...] = (1, 3)
+    bg_upscales: Tuple[int, ...] = (2, 2)
     #: background encoder of the guide (image, or image and mask for q(z^c_k)) to a feature vector
-    bg_enc_filters: Tuple[int, ...] = (32, 32, 64)
-    bg_enc_kernels: Tuple[int, ...] = (3, 3, 3)
-    bg_enc_strides: Tuple[int, ...] = (2, 2, 2)
+    bg_enc_filters: Tuple[int, ...] = (32, 64)
+    bg_enc_kernels: Tuple[int, ...] = (3, 3)
+    bg_enc_strides: Tuple[int, ...] = (2, 2)
     #: fixed priors of z^s: z_pres ~ Bernoulli(pres_prior) (annealed by the recipe), raw z_where ~
     #: N(where_loc, where_scale) (GNM's auxiliary prior), z_depth and z_what ~ N(0, 1)
     pres_prior: float = 0.01
@@ -109,7 +109,7 @@ ARROW_CPU_SPACE = SPACEConfig(fg=ARROW_CPU.replace(background=False), num_compon
 
 #: 32x32, for tests (not meant to be trained)
 TINY_SPACE = SPACEConfig(fg=TINY.replace(alpha=True, glimpse_filters=(8, 4, 2)), num_components=2, z_mask_dim=3,
-                         z_comp_dim=3, bg_hidden=8, bg_filters=(8, 4), bg_kernels=(1, 3), bg_upscales=(4, 2),
+                         z_comp_dim=3, bg_hidden=8, bg_downsample=8, bg_filters=(8, 4), bg_kernels=(1, 3), bg_upscales=(2, 2),
                          bg_enc_filters=(8, 8), bg_enc_kernels=(3, 3), bg_enc_strides=(2, 2))
 
 PRESETS = {"cpu": CPU_SPACE, "arrow-cpu": ARROW_CPU_SPACE, "tiny": TINY_SPACE}

@@ -92,7 +92,8 @@ class SPACE(nn.Module):
         appearance, alpha = self.glimpse_decoder(z_what)
         where = where_from_raw(z_where, cfg.fg.grid)
         black = z_depth.new_zeros((cfg.channels, cfg.image_size, cfg.image_size))
-        _, fg, alpha_map = render_alpha(appearance, alpha, z_pres, z_depth, where, black, cfg.image_size, cfg.fg.eps, options)
+        _, fg, alpha_map = render_alpha(appearance, alpha, z_pres, z_depth, where, black, cfg.image_size, cfg.fg.eps, options,
+                                        mean_alpha=True)
         masks = self.masks(z_mask)
         weights = torch.cat([alpha_map.unsqueeze(-4), (1 - alpha_map.unsqueeze(-4)) * masks], -4)
         means = torch.cat([fg.unsqueeze(-4), self.bg_decoders.component_means(z_comp)], -4)
