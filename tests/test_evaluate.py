@@ -284,6 +284,28 @@ class GNMOracleZs(torch.nn.Module):
         return out
 
 
+def test_s_acc_of_reconstructions_judges_the_deterministic_reconstructions(tmp_path, gnm_run, monkeypatch):
+    import inference.evaluation.gnm as gnm_evaluation
+    from inference.evaluation.data import scenes
+    from inference.figures.gnm import reconstruct
+    from inference.runs import open_run
+
+    judged = []
+
+    def fake_checker(images, dataset_name, progress=False, **options):
+        judged.append(images)
+        return {"s-acc": 0.25, "s-acc_reasons": {"3 digits, expected 4": 3}}, None
+
+    monkeypatch.setattr(gnm_evaluation, "structure_results", fake_checker)
+    report = evaluate(gnm_run, metrics=["s-acc-recon"], num_samples=5, batch_size=2, out=tmp_path / "r.json", plots=False,
+                      progress=False)
+    assert report["results"]["s-acc-recon"] == 0.25 and "s-acc-recon_reasons" in report["results"]
+    assert "s-acc" not in report["results"]
+    _, recipe, config, model, guide, _ = open_run(gnm_run)
+    images = scenes(recipe.make_dataset(config, "test"), 0, 5)["image"]
+    assert len(judged) == 1 and torch.allclose(judged[0], reconstruct(model, guide, images)["recon"].clamp(0, 1), atol=1e-5)
+
+
 def test_an_oracle_gnm_guide_scores_perfectly_through_evaluate(tmp_path, gnm_run, monkeypatch):
     """The guide's own infer() runs, on an encoder and z^s network that return the truth, so
     the boxes pass through the model's z_where -> pixel transform before they are scored."""

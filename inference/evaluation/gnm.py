@@ -23,6 +23,9 @@ def evaluate_gnm(model, guide, dataset, dataset_name: str, metrics: Sequence[str
 
     ``layout``: the share of inferred scenes and of ``num_samples`` mode generations whose objects
     obey the layout part of the dataset's rule (positions only, :data:`LAYOUT_RULES`; no checker).
+    ``s-acc-recon``: S-Acc of the deterministic reconstructions of the held-out scenes (all of
+    which obey the rule): how legible the decoded digits are, a ceiling on S-Acc of generations
+    drawn with the same decoder (docs/gnm.md, "What bounds S-Acc").
     ``metric_options``: ``{"s-acc": {"cache": ..., "settings": ...}}`` for the S-Acc checker
     (:meth:`~inference.metrics.structure.StructureChecker.load`) and ``{"d-steps": {...}}`` for
     :func:`~inference.metrics.dsteps.d_steps`. Returns ``{"results": {...}, ...}``: ``results``
@@ -39,6 +42,10 @@ def evaluate_gnm(model, guide, dataset, dataset_name: str, metrics: Sequence[str
         rule = LAYOUT_RULES.get(dataset_name)
         if "layout" in metrics and rule is not None:
             out["results"].update(layout_rates(model, found, rule, n, batch_size))
+    if "s-acc-recon" in metrics:
+        recon = reconstructions(model, guide, dataset, n, batch_size, device)
+        results, _ = structure_results(recon, dataset_name, progress, **options.get("s-acc", {}))
+        out["results"].update({f"{k.replace('s-acc', 's-acc-recon')}": v for k, v in results.items()})
     if {"s-acc", "d-steps"} & set(metrics):
         fake = generate(model, n, batch_size, progress)
         out["generations"] = fake[:32]
@@ -60,6 +67,16 @@ def generate(model, n: int, batch_size: int = 64, progress: bool = True) -> torc
 
         starts = tqdm(starts, desc="generating", unit="batch")
     return torch.cat([model.sample(min(batch_size, n - s)).float().cpu().clamp(0, 1) for s in starts])
+
+
+@torch.no_grad()
+def reconstructions(model, guide, dataset, n: int, batch_size: int, device="cpu") -> torch.Tensor:
+    """Deterministic reconstructions (:func:`~inference.figures.gnm.reconstruct`) of the first
+    ``n`` scenes, clamped to [0, 1], on the CPU."""
+    from inference.figures.gnm import reconstruct
+
+    return torch.cat([reconstruct(model, guide, batch["image"].to(device))["recon"].float().cpu().clamp(0, 1)
+                      for _, batch in scene_batches(dataset, n, batch_size)])
 
 
 def box_centres(boxes: torch.Tensor) -> torch.Tensor:

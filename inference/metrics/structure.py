@@ -199,7 +199,7 @@ class StructureChecker:
                 blob = torch.load(path, map_location="cpu", weights_only=True)
                 net = CropNet(**blob["hparams"])
                 net.load_state_dict(blob["state"])
-                return cls(dataset, net, blob["image_size"], blob.get("info", {}))
+                return cls(dataset, net, blob["image_size"], dict(blob.get("info", {}), cache_path=str(path)))
             except Exception as e:  # corrupt or stale cache: retrain
                 log.warning("cached structure checker %s unreadable (%s); retraining", path, e)
         checker = cls.train(dataset, settings, image_size, progress=progress, dataset_options=dataset_options)

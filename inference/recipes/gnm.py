@@ -108,7 +108,7 @@ class GNMRecipe(Recipe):
 
     name = "gnm"
     datasets = ("mnist4", "mnist10", "mnist4-10", "arrow")
-    metrics = ("box-ap", "count-accuracy", "ll", "s-acc", "d-steps", "representation", "layout")
+    metrics = ("box-ap", "count-accuracy", "ll", "s-acc", "s-acc-recon", "d-steps", "representation", "layout")
     #: runs saved before beta_g_begin existed ramped beta_g from step 0
     legacy_defaults = dict(beta_g_begin=0)
     settings = GNMSettings
