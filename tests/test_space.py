@@ -179,7 +179,8 @@ def test_recipe_defaults_and_bad_values():
         full = {**TRAINER_DEFAULTS, **r.default_config(ds), "model": "space"}
         r.validate_config(full)
         json.dumps(full)
-    for key, value in (("num_components", 0), ("preset", "nope"), ("image_size", 128), ("where_std", [1, 1, 1]),
+    assert r.default_config("mnist4")["curriculum_alpha"] == 1.0 and r.default_config("arrow")["curriculum_alpha"] == 0.9
+    for key, value in (("curriculum_alpha", 1.5), ("num_components", 0), ("preset", "nope"), ("image_size", 128), ("where_std", [1, 1, 1]),
                        ("rho_end", 1.0)):
         with pytest.raises(ValueError, match=key):
             r.validate_config(config(**{key: value}))
@@ -214,7 +215,7 @@ def test_cli_run_evaluate_and_likelihood(tmp_path):
 
 def test_the_curriculum_fixes_alpha_for_its_first_steps_only():
     r = SPACERecipe()
-    cfg = config(curriculum_steps=10)
+    cfg = config(curriculum_steps=10, curriculum_alpha=0.7)
     model, guide = r.build(cfg, torch.device("cpu"))
     x = torch.rand(2, 1, 32, 32)
     for step, fixed in ((0, True), (9, True), (10, False)):
@@ -222,4 +223,4 @@ def test_the_curriculum_fixes_alpha_for_its_first_steps_only():
         gtr = poutine.trace(on_guide(guide)).get_trace(x)
         mtr = poutine.trace(poutine.replay(on_model(model), trace=gtr)).get_trace(x)
         alpha = mtr.nodes["x"]["fn"].weights[..., 0, :, :, :]
-        assert torch.allclose(alpha, torch.tensor(0.9)) == fixed
+        assert torch.allclose(alpha, torch.tensor(cfg["curriculum_alpha"])) == fixed
