@@ -1,7 +1,8 @@
 """Amortised guides for the models in :mod:`pyro_scenes`: ``from guides import ECONGuide, GNMGuide, SPACEGuide``."""
 import importlib
 
-_GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm", "SPACEGuide": "guides.space"}
+_GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm", "SPACEGuide": "guides.space",
+           "ConvDRAWGuide": "guides.convdraw", "VAEGuide": "guides.vae"}
 
 __all__ = sorted(_GUIDES)
 

@@ -35,3 +35,17 @@ def check_batch_size(batch_size, who: str) -> int:
     if n is None or isinstance(batch_size, bool) or n < 1:
         raise ValueError(f"{who}: batch_size must be an integer >= 1, got {batch_size!r}")
     return n
+
+
+def check_call(x, batch_size, shape: Tuple[int, int, int], who: str) -> int:
+    """The batch size of a model or guide call: B of images ``x`` (:func:`check_image_batch`) or,
+    when sampling (``x`` None), ``batch_size`` (:func:`check_batch_size`); ``ValueError`` naming
+    ``who`` otherwise, or when both are given and disagree."""
+    if x is None:
+        if batch_size is None:
+            raise ValueError(f"{who}: give images x (B, C, H, W) to score or batch_size=n to sample")
+        return check_batch_size(batch_size, who)
+    n = check_image_batch(x, shape, who)
+    if batch_size is not None and check_batch_size(batch_size, who) != n:
+        raise ValueError(f"{who}: batch_size={batch_size} but x holds {n} images")
+    return n

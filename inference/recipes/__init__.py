@@ -10,6 +10,8 @@ RECIPES = {
     "econ": "inference.recipes.econ:ECONRecipe",
     "gnm": "inference.recipes.gnm:GNMRecipe",
     "space": "inference.recipes.space:SPACERecipe",
+    "vae": "inference.recipes.vae:VAERecipe",
+    "convdraw": "inference.recipes.convdraw:ConvDRAWRecipe",
 }
 
 

@@ -14,7 +14,7 @@ from pyro_scenes.gnm.distributions import ConcreteBernoulli
 from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.gnm.networks import BackgroundDecoder, GaussianHead, GlimpseDecoder, StructDRAW, ZsNetwork
 from pyro_scenes.gnm.render import RenderOptions, render_additive, render_alpha, render_options, where_from_raw
-from pyro_scenes.images import check_batch_size, check_image_batch
+from pyro_scenes.images import check_call
 from pyro_scenes.nn.stn import where_to_boxes
 
 #: the per-cell and background sites that "mode" generation sets to their modes
@@ -151,14 +151,7 @@ class GNM(nn.Module):
         """The batch size of a call: B of images ``x`` (float, ``(B, C, H, W)`` of this model's size,
         finite, in [0, 1]) or ``batch_size`` (an integer >= 1) when sampling; ``ValueError`` otherwise."""
         cfg = self.cfg
-        if x is None:
-            if batch_size is None:
-                raise ValueError(f"{who}: give images x (B, C, H, W) to score or batch_size=n to sample")
-            return check_batch_size(batch_size, who)
-        n = check_image_batch(x, (cfg.channels, cfg.image_size, cfg.image_size), who)
-        if batch_size is not None and check_batch_size(batch_size, who) != n:
-            raise ValueError(f"{who}: batch_size={batch_size} but x holds {n} images")
-        return n
+        return check_call(x, batch_size, (cfg.channels, cfg.image_size, cfg.image_size), who)
 
     @torch.no_grad()
     def sample(self, n: int, mode: bool = True) -> torch.Tensor:
