@@ -47,6 +47,10 @@ def test_beta_g_ramp_starts_at_beta_g_begin():
     assert beta(3_000) == 2.0 and beta(50_000) == 2.0  # the end: begin + steps
 
 
+def test_short_preset_is_budget_at_a_tenth_of_the_steps():
+    assert SCHEDULES["short"] == {k: v // 10 for k, v in SCHEDULES["budget"].items()}
+
+
 def test_budget_preset():
     b = SCHEDULES["budget"]
     begin, end = b["beta_g_begin"], b["beta_g_begin"] + b["beta_g_steps"]

@@ -41,12 +41,14 @@ from pyro_scenes.gnm.config import PRESETS, preset
 #: 20,000 steps: beta_g = 0 for steps 0-6k while z^s and the digits are learned (z_pres
 #: temperature 1 -> 0.5 by step 6k), beta_g 0 -> beta_g_end over 6k-14k, then 6k steps at
 #: beta_g_end for the z^g prior to catch up. A ramp that starts at step 0 and is short collapses
-#: z^g (KL_g ~ 0.06 nats, empty generations; issue 9), hence the delayed start.
+#: z^g (KL_g ~ 0.06 nats, empty generations; issue 9), hence the delayed start. ``short`` is
+#: ``budget`` at a tenth of the steps (about 2,000: the baseline comparison, docs/compare.md).
 SCHEDULES = {
     "authors": dict(beta_g_begin=0, beta_g_steps=100_000, tau_begin=1_000, tau_finish=20_000, rho_steps=4_000,
                     aux_bg_beta_steps=50_000),
     "budget": dict(beta_g_begin=6_000, beta_g_steps=8_000, tau_begin=1_000, tau_finish=6_000, rho_steps=4_000,
                    aux_bg_beta_steps=10_000),
+    "short": dict(beta_g_begin=600, beta_g_steps=800, tau_begin=100, tau_finish=600, rho_steps=400, aux_bg_beta_steps=1_000),
 }
 #: KL_g (nats per image, all StructDRAW steps) below which z^g counts as collapsed
 COLLAPSE_NATS = 0.1
