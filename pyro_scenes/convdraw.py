@@ -31,6 +31,7 @@ from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.images import check_call
 from pyro_scenes.nn.convlstm import ConvLSTMCell
 from pyro_scenes.nn.subpixel import ConvStack, SubPixelStack
+from pyro_scenes.presets import pick
 
 
 @dataclass
@@ -124,13 +125,7 @@ PRESETS = {"paper": PAPER, "paper-arrow": PAPER_ARROW, "cpu": CPU, "arrow-cpu": 
 
 def preset(name: str, **overrides) -> ConvDRAWConfig:
     """A named configuration with keyword overrides, e.g. ``preset("cpu", draw_steps=8)`` (ConvDRAW-8)."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown ConvDRAW preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-    cfg = cfg.replace(**overrides)
-    cfg.validate()
-    return cfg
+    return pick(PRESETS, name, "ConvDRAW", **overrides)
 
 
 class ConvGaussianHead(nn.Module):

@@ -23,6 +23,7 @@ from torch import nn
 from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.images import check_call
 from pyro_scenes.nn.subpixel import ConvStack, SubPixelStack
+from pyro_scenes.presets import pick
 
 
 @dataclass
@@ -100,13 +101,7 @@ PRESETS = {"paper": PAPER, "paper-arrow": PAPER_ARROW, "cpu": CPU, "arrow-cpu": 
 
 def preset(name: str, **overrides) -> VAEConfig:
     """A named configuration with keyword overrides, e.g. ``preset("cpu", z_dim=32)``."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown VAE preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-    cfg = cfg.replace(**overrides)
-    cfg.validate()
-    return cfg
+    return pick(PRESETS, name, "VAE", **overrides)
 
 
 class VAE(nn.Module):

@@ -11,6 +11,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Tuple
 
+from pyro_scenes.presets import pick
+
 
 @dataclass
 class GNMConfig:
@@ -209,10 +211,4 @@ PRESETS = {
 
 def preset(name: str, **overrides) -> GNMConfig:
     """A named configuration with keyword overrides, e.g. ``preset("mnist", draw_steps=8)`` (GNM-8)."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown GNM preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-    cfg = cfg.replace(**overrides)
-    cfg.validate()
-    return cfg
+    return pick(PRESETS, name, "GNM", **overrides)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Tuple
 
 from pyro_scenes.gnm.config import ARROW_CPU, CPU, TINY, GNMConfig
+from pyro_scenes.presets import pick
 
 
 @dataclass
@@ -117,10 +118,4 @@ PRESETS = {"cpu": CPU_SPACE, "arrow-cpu": ARROW_CPU_SPACE, "tiny": TINY_SPACE}
 
 def preset(name: str, **overrides) -> SPACEConfig:
     """A named configuration with keyword overrides, e.g. ``preset("cpu", num_components=5)``."""
-    try:
-        cfg = PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown SPACE preset {name!r}; choose one of {', '.join(PRESETS)}") from None
-    cfg = cfg.replace(**overrides)
-    cfg.validate()
-    return cfg
+    return pick(PRESETS, name, "SPACE", **overrides)
