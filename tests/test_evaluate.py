@@ -345,3 +345,26 @@ def test_figures_module_entry_point_on_a_gnm_run(tmp_path_factory, tmp_path):
     written = res.stdout.split()
     assert [p.rsplit("/", 1)[-1] for p in written] == ["gnm_reconstructions.png", "gnm_generations.png", "gnm_zs_resampling.png"]
     assert all(Path(p).parent == tmp_path and Path(p).stat().st_size > 1000 for p in written)
+
+
+def test_s_acc_layout_applies_the_layout_rule_to_the_checkers_detections(monkeypatch):
+    """Two generations: four digits on a rectangle with the wrong classes (fails S-Acc, passes the
+    layout) and three digits (fails both)."""
+    import inference.evaluation.gnm as gnm_evaluation
+    from inference.metrics import structure
+    from inference.metrics._detector import Detections
+
+    def found(centres):
+        n = len(centres)
+        return Detections(torch.tensor(centres, dtype=torch.float), torch.zeros(n, dtype=torch.long), torch.ones(n), torch.zeros(n, 0))
+
+    class FakeChecker:
+        image_size, info = 128, {}
+
+        def check(self, images, progress=False):
+            dets = [found([[30, 30], [90, 30], [90, 90], [30, 90]]), found([[30, 30], [90, 30], [90, 90]])]
+            return structure.StructureResult(torch.tensor([False, False]), ["wrong digits", "3 digits"], dets)
+
+    monkeypatch.setattr(structure.StructureChecker, "load", classmethod(lambda cls, *a, **k: FakeChecker()))
+    results, _ = gnm_evaluation.structure_results(torch.zeros(2, 1, 128, 128), "mnist4")
+    assert results["s-acc"] == 0.0 and results["s-acc-layout"] == 0.5

@@ -125,7 +125,11 @@ def detection_results(scenes_found: Dict[str, torch.Tensor], metrics: Sequence[s
 
 
 def structure_results(fake: torch.Tensor, dataset_name: str, progress: bool = False, cache=None, settings=None) -> Tuple[Dict, Optional[Tuple]]:
-    """S-Acc of generations ``fake`` by the checker of ``dataset_name``, and the first 32 verdicts."""
+    """S-Acc of generations ``fake`` by the checker of ``dataset_name``, and the first 32 verdicts.
+
+    ``s-acc-layout``: the share of images whose checker detections (any digit class) obey the
+    layout part of the rule (:data:`LAYOUT_RULES`): the rule without the digit identities, for
+    any generator, including those without boxes (docs/metrics.md)."""
     from inference.metrics.structure import FAMILIES, StructureChecker
 
     if dataset_name not in FAMILIES:
@@ -133,6 +137,10 @@ def structure_results(fake: torch.Tensor, dataset_name: str, progress: bool = Fa
     checker = StructureChecker.load(dataset_name, cache=cache, settings=settings, image_size=fake.shape[-1], progress=progress)
     res = checker.check(fake, progress=progress)
     results = {"s-acc": res.accuracy, "s-acc_reasons": res.summary()["reasons"], "s-acc_checker": checker.info.get("cache_path")}
+    layout = LAYOUT_RULES.get(dataset_name)
+    if layout is not None and res.detections:
+        ok = [layout(d.centres, checker.image_size)[0] for d in res.detections]
+        results["s-acc-layout"] = sum(ok) / len(ok)
     return results, (res.valid[:32], res.reasons[:32])
 
 
