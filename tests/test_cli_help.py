@@ -27,6 +27,7 @@ COMMANDS = {
     "inference.pretrained": "inference.pretrained.__main__:cli",
     "datasets.preview": "datasets.preview:main",
     "inference.graphs": "inference.graphs:main",
+    "inference.compare": "inference.compare.__main__:main",
 }
 #: console script -> the python -m form it stands for
 SCRIPTS = {
@@ -37,6 +38,7 @@ SCRIPTS = {
     "pyro-scenes-pretrained": "inference.pretrained",
     "pyro-scenes-preview": "datasets.preview",
     "pyro-scenes-graphs": "inference.graphs",
+    "pyro-scenes-compare": "inference.compare",
 }
 #: scripts in benchmarks/ (run as ``python benchmarks/NAME.py``), each with a click ``main``
 BENCHMARKS = ["bench_datasets", "bench_econ", "bench_gnm", "bench_gnm_memo", "checker_shift", "gpu_check"]
