@@ -26,7 +26,7 @@ TINY = TINY_SETTINGS + TINY_EVAL
 
 def fake_checker(images, dataset_name, progress=False, **options):
     """S-Acc without training a structure checker (as tests/test_evaluate.py does)."""
-    return {"s-acc": 0.25, "s-acc_reasons": {}}, None
+    return {"s-acc": 0.25, "s-acc-layout": 0.5, "s-acc_reasons": {}}, None
 
 
 def forbid(what):
@@ -65,14 +65,14 @@ def test_end_to_end_table_figure_and_runs(compared):
     assert (out / "generations.png").stat().st_size > 2000
     md = (out / "table1.md").read_text()
     assert md.splitlines()[2].startswith("Dataset **arrow**, test split, 8 held-out scenes")
-    assert "| model | S-Acc | D-Steps | LL (nats, higher is better) | steps | training minutes | parameters |" in md
+    assert "| model | S-Acc | S-Acc layout | D-Steps | LL (nats, higher is better) | steps | training minutes | parameters |" in md
     rows = table_rows(md)
     assert [r[0] for r in rows] == ["gnm", "gnm-8"]
     for r in rows:
-        assert float(r[1]) == 0.25  # the fake checker's S-Acc
-        assert int(r[2].rstrip("*")) in (2, 4)
-        assert math.isfinite(float(r[3].split("±")[0]))
-        assert r[4] == "2" and float(r[5]) >= 0 and int(r[6].replace(",", "")) > 0
+        assert float(r[1]) == 0.25 and float(r[2]) == 0.5  # the fake checker's S-Acc and its layout part
+        assert int(r[3].rstrip("*")) in (2, 4)
+        assert math.isfinite(float(r[4].split("±")[0]))
+        assert r[5] == "2" and float(r[6]) >= 0 and int(r[7].replace(",", "")) > 0
     assert "The paper's Table 1" in md and "| GNM-8 (gnm-8) | 0.852 | 6639 | 10692 |" in md
     summary = json.loads((out / "table1.json").read_text())
     assert [m["name"] for m in summary["models"]] == ["gnm", "gnm-8"] and summary["same_test_scenes"]
@@ -288,8 +288,8 @@ def test_the_table_marks_failures_unreached_d_steps_and_metrics_a_model_lacks():
                        dict(name="vae", status="failed", steps=1000, error="training failed (exit 1)\nmore")])
     md = table_markdown(summary)
     rows = table_rows(md)
-    assert rows[0] == ["gnm", "0.500", "5000*", "10500.2 ± 3.0", "900", "29.8", "1,234,567"]
-    assert rows[1][:4] == ["space", "n/a", "n/a", "10400.0"]
+    assert rows[0] == ["gnm", "0.500", "—", "5000*", "10500.2 ± 3.0", "900", "29.8", "1,234,567"]  # no layout part given
+    assert rows[1][:5] == ["space", "n/a", "n/a", "n/a", "10400.0"]
     assert rows[2][:2] == ["vae", "failed: training failed (exit 1)"]
     assert "30 minutes of training steps per model" in md and "(LL on the first 200)" in md
     assert "K = 100 (each model's ll_particles)" in md and "did not reach" in md

@@ -90,7 +90,7 @@ PAPER_TABLE1: Dict[str, Tuple[str, float, int, int]] = {
 PAPER_DATASET = "mnist4-10"
 
 #: how the table names a metric's column (others: the metric's name)
-METRIC_COLUMNS = {"s-acc": "S-Acc", "d-steps": "D-Steps", "ll": "LL (nats, higher is better)"}
+METRIC_COLUMNS = {"s-acc": "S-Acc", "s-acc-layout": "S-Acc layout", "d-steps": "D-Steps", "ll": "LL (nats, higher is better)"}
 
 #: steps of a calibration run: the first WARMUP_STEPS are not timed, the next TIMED_STEPS are
 WARMUP_STEPS = 2
@@ -688,14 +688,17 @@ def table_markdown(summary: Dict[str, Any]) -> str:
              f"Dataset **{summary['dataset']}**, test split, {summary['num_samples']} held-out scenes"
              + (f" (LL on the first {'/'.join(map(str, ll_images))})" if ll_images else "")
              + f" | budget: {budget} | LL: importance sampling, {k_text} particles | device {summary['device']}", ""]
-    head = ["model", *[METRIC_COLUMNS.get(m, m) for m in metrics], "steps", "training minutes", "parameters"]
+    # S-Acc comes with its layout part (docs/metrics.md, "S-Acc"), a column of its own
+    columns = [c for m in metrics for c in ((m, "s-acc-layout") if m == "s-acc" else (m,))]
+    part_of = {"s-acc-layout": "s-acc"}
+    head = ["model", *[METRIC_COLUMNS.get(m, m) for m in columns], "steps", "training minutes", "parameters"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["models"]:
         if r["status"] != "done":
-            cells = [r["name"], *["—"] * len(metrics), str(r.get("steps") or "—"), "—", "—"]
+            cells = [r["name"], *["—"] * len(columns), str(r.get("steps") or "—"), "—", "—"]
             cells[1] = f"failed: {r.get('error', '').splitlines()[0] if r.get('error') else ''}"
         else:
-            cells = [r["name"], *[_fmt(m, r["results"]) if m in r["metrics"] else "n/a" for m in metrics],
+            cells = [r["name"], *[_fmt(m, r["results"]) if part_of.get(m, m) in r["metrics"] else "n/a" for m in columns],
                      str(r["steps"]), _minutes(r.get("train_seconds")), f"{r['parameters']:,}"]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
@@ -703,7 +706,8 @@ def table_markdown(summary: Dict[str, Any]) -> str:
         notes.append("\\* D-Steps: the classifier did not reach the accuracy threshold within its cap (the number is the cap).")
     if "n/a" in "\n".join(lines):
         notes.append("n/a: the model's recipe does not compute that metric.")
-    meaning = {"s-acc": "S-Acc: the share of generations that obey the scene structure (higher is better)",
+    meaning = {"s-acc": "S-Acc: the share of generations that obey the scene structure (higher is better); "
+                        "S-Acc layout: the share whose detected digits, whatever their class, obey its layout part",
                "d-steps": "D-Steps: the steps a classifier needs to tell generations from real scenes (higher is better)",
                "ll": "LL: the importance-weighted log p(x) per image"}
     if any(m in meaning for m in metrics):
