@@ -68,7 +68,8 @@ class Case:
 
 def authors_cases() -> List[Case]:
     """ECON with appendix C.4's networks (``inference.recipes.econ``: 64x64, 32 features, the
-    dataset's layer count, a 4-block attention U-Net); GNM with the authors' presets (128x128)."""
+    dataset's layer count, a 4-block attention U-Net); GNM with the authors' presets (128x128);
+    the VAE, ConvDRAW and GENESIS at the GNM supplement's sizes (their ``paper`` presets)."""
     from inference.recipes.econ import PAPER_SETTINGS
     from pyro_scenes.gnm.config import PRESETS
 
@@ -81,6 +82,8 @@ def authors_cases() -> List[Case]:
         cases.append(Case(f"gnm-{preset}", "gnm", dataset,
                           dict(preset=preset, image_size=PRESETS[preset].image_size, z_what_dim=PRESETS[preset].z_what_dim),
                           f"authors' {preset} preset, {PRESETS[preset].image_size}x{PRESETS[preset].image_size}"))
+    for baseline in ("vae", "convdraw", "genesis"):  # GNM's baselines at supplement Table 3's sizes (docs/baselines.md)
+        cases.append(Case(f"{baseline}-paper", baseline, "mnist4", dict(preset="paper", image_size=128), "paper preset, 128x128"))
     return cases
 
 

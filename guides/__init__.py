@@ -2,7 +2,8 @@
 import importlib
 
 _GUIDES = {"ECONGuide": "guides.econ", "GNMGuide": "guides.gnm", "SPACEGuide": "guides.space",
-           "ConvDRAWGuide": "guides.convdraw", "VAEGuide": "guides.vae"}
+           "ConvDRAWGuide": "guides.convdraw", "VAEGuide": "guides.vae",
+           "GENESISGuide": "guides.genesis"}
 
 __all__ = sorted(_GUIDES)
 

@@ -6,7 +6,8 @@ pays for (or fails on) the other.
 import importlib
 
 _MODELS = {"ECON": "pyro_scenes.econ", "GNM": "pyro_scenes.gnm", "SPACE": "pyro_scenes.space",
-           "ConvDRAW": "pyro_scenes.convdraw", "VAE": "pyro_scenes.vae"}
+           "ConvDRAW": "pyro_scenes.convdraw", "VAE": "pyro_scenes.vae",
+           "GENESIS": "pyro_scenes.genesis"}
 
 __all__ = sorted(_MODELS)
 

@@ -37,10 +37,13 @@ def test_the_cases_are_the_authors_sizes(gpu_check):
     from inference.recipes.settings import run_defaults
 
     cases = {c.name: c for c in gpu_check.all_cases()}
-    assert sorted(cases) == ["econ-paper", "gnm-arrow", "gnm-mnist", "space-defaults"]  # SPACE: no authors' size here
+    assert sorted(cases) == ["convdraw-paper", "econ-paper", "genesis-paper", "gnm-arrow", "gnm-mnist", "space-defaults",
+                             "vae-paper"]  # SPACE: no authors' size here
     assert cases["space-defaults"].overrides == {} and cases["space-defaults"].dataset == "mnist4"
-    for case, parameters in (("gnm-mnist", 2_930_708), ("gnm-arrow", 8_636_446)):  # pyro_scenes/gnm/config.py
-        recipe = get_recipe("gnm")
+    for case, parameters in (("gnm-mnist", 2_930_708), ("gnm-arrow", 8_636_446),  # pyro_scenes/gnm/config.py
+                             ("vae-paper", 1_419_929), ("convdraw-paper", 1_577_753),  # docs/baselines.md
+                             ("genesis-paper", 13_989_410)):  # docs/genesis.md
+        recipe = get_recipe(cases[case].recipe)
         config = {**run_defaults(recipe, cases[case].dataset), **cases[case].overrides}
         recipe.validate_config(config)
         model, guide = recipe.build(config, torch.device("cpu"))

@@ -12,6 +12,7 @@ RECIPES = {
     "space": "inference.recipes.space:SPACERecipe",
     "vae": "inference.recipes.vae:VAERecipe",
     "convdraw": "inference.recipes.convdraw:ConvDRAWRecipe",
+    "genesis": "inference.recipes.genesis:GENESISRecipe",
 }
 
 
