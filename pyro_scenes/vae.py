@@ -20,9 +20,10 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyro_scenes.codec import check_codec, encoded_side
 from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.images import check_call
-from pyro_scenes.nn.subpixel import ConvStack, SubPixelStack
+from pyro_scenes.nn.subpixel import SubPixelStack
 from pyro_scenes.presets import pick
 
 
@@ -53,33 +54,14 @@ class VAEConfig:
     @property
     def grid(self) -> int:
         """Side of the image encoding."""
-        return ConvStack(self.channels, self.enc_filters, self.enc_kernels, self.enc_strides).output_size(self.image_size)
+        return encoded_side(self)
 
     def replace(self, **overrides) -> "VAEConfig":
         return dataclasses.replace(self, **overrides)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the inconsistent setting."""
-        def bad(key, why):
-            raise ValueError(f"VAE setting {key!r}: {why}")
-
-        if self.channels not in (1, 3):
-            bad("channels", f"must be 1 or 3, got {self.channels}")
-        if not (len(self.enc_filters) == len(self.enc_kernels) == len(self.enc_strides)):
-            bad("enc_filters", "enc_filters, enc_kernels and enc_strides must have the same length")
-        if self.grid < 1:
-            bad("enc_strides", f"the encoder reduces {self.image_size}x{self.image_size} images to nothing")
-        if not (len(self.dec_filters) == len(self.dec_kernels) == len(self.dec_upscales)):
-            bad("dec_filters", "dec_filters, dec_kernels and dec_upscales must have the same length")
-        n = 1
-        for u in self.dec_upscales:
-            n *= int(u)
-        if n != self.image_size:
-            bad("dec_upscales", f"their product ({n}) must equal image_size ({self.image_size})")
-        if self.dec_filters[-1] != self.channels:
-            bad("dec_filters", f"last width must be {self.channels} (the channels)")
-        if self.sigma <= 0:
-            bad("sigma", "must be > 0")
+        check_codec(self, "VAE", decoder_input_side=1)
 
 
 #: the paper's scale (supplement Tables 3, 4, 8): MNIST (1 channel) and Arrow (3 channels)

@@ -18,15 +18,16 @@ the same held-out scenes in the same way.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
 from datasets.cache import default_cache_dir
 from inference.recipes.base import Recipe
-from inference.recipes.settings import RecipeSettings, setting
+from inference.recipes.settings import RecipeSettings, defaults, setting
 
 
 @dataclass(kw_only=True)
@@ -43,16 +44,38 @@ class BaselineSettings(RecipeSettings):
 
 class BaselineRecipe(Recipe):
     """Base of the VAE, ConvDRAW and GENESIS recipes: subclasses give ``name``, ``settings``,
-    :meth:`default_config`, :meth:`model_config` and :meth:`build`."""
+    the model's class name and config module, and the settings that reach its preset."""
 
     datasets = ("mnist4", "mnist10", "mnist4-10", "arrow")
     metrics = ("s-acc", "d-steps", "ll")
     #: shell glob of the latent sites that beta weighs
     latent_sites: str = "z*"
+    #: the model class in ``pyro_scenes`` (its guide is ``guides.<model_class>Guide``) and the
+    #: module whose ``preset(name, **overrides)`` builds its configuration
+    model_class: str = ""
+    config_module: str = ""
+    #: the settings passed to ``preset`` as overrides
+    preset_settings: Tuple[str, ...] = ()
+    #: the default learning rate, and the defaults that differ on ``--dataset arrow``
+    default_lr: float = 1e-4
+    arrow_defaults: Dict = {"preset": "arrow-cpu"}
+
+    def default_config(self, dataset: str) -> Dict:
+        arrow = self.arrow_defaults if dataset == "arrow" else {}
+        return dict(defaults(self.settings, lr=self.default_lr, image_size=64, num_train=60_000, **arrow), dataset=dataset)
 
     def model_config(self, config: Dict):
-        """The model's configuration dataclass for the run ``config``."""
-        raise NotImplementedError
+        """The model's configuration dataclass for the run ``config``: its ``preset`` with
+        :attr:`preset_settings` as overrides."""
+        preset = importlib.import_module(self.config_module).preset
+        return preset(config["preset"], **{key: config[key] for key in self.preset_settings})
+
+    def build(self, config: Dict, device: torch.device):
+        import guides
+        import pyro_scenes
+
+        model = getattr(pyro_scenes, self.model_class)(self.model_config(config)).to(device)
+        return model, getattr(guides, f"{self.model_class}Guide")(model).to(device)
 
     def validate_config(self, config: Dict) -> None:
         super().validate_config(config)

@@ -4,13 +4,10 @@ negative beta-ELBO of :class:`~inference.recipes.baseline.BaselineRecipe` over z
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
-
-import torch
 
 from inference.recipes.baseline import BaselineRecipe, BaselineSettings
-from inference.recipes.settings import defaults, setting
-from pyro_scenes.convdraw import PRESETS, preset
+from inference.recipes.settings import setting
+from pyro_scenes.convdraw import PRESETS
 
 
 @dataclass(kw_only=True)
@@ -27,17 +24,4 @@ class ConvDRAWRecipe(BaselineRecipe):
 
     name = "convdraw"
     settings = ConvDRAWSettings
-
-    def default_config(self, dataset: str) -> Dict:
-        arrow = dict(preset="arrow-cpu") if dataset == "arrow" else {}
-        return dict(defaults(ConvDRAWSettings, lr=1e-4, image_size=64, num_train=60_000, **arrow), dataset=dataset)
-
-    def model_config(self, config: Dict):
-        return preset(config["preset"], draw_steps=config["draw_steps"])
-
-    def build(self, config: Dict, device: torch.device):
-        from guides import ConvDRAWGuide
-        from pyro_scenes import ConvDRAW
-
-        model = ConvDRAW(self.model_config(config)).to(device)
-        return model, ConvDRAWGuide(model).to(device)
+    model_class, config_module, preset_settings = "ConvDRAW", "pyro_scenes.convdraw", ("draw_steps",)

@@ -26,8 +26,8 @@ from typing import Dict
 import torch
 
 from inference.recipes.baseline import BaselineRecipe, BaselineSettings
-from inference.recipes.settings import defaults, setting
-from pyro_scenes.genesis.config import PRESETS, preset
+from inference.recipes.settings import setting
+from pyro_scenes.genesis.config import PRESETS
 
 
 @dataclass(kw_only=True)
@@ -57,21 +57,8 @@ class GENESISRecipe(BaselineRecipe):
 
     name = "genesis"
     settings = GENESISSettings
-
-    def default_config(self, dataset: str) -> Dict:
-        arrow = ARROW if dataset == "arrow" else {}
-        return dict(defaults(GENESISSettings, lr=1e-3, image_size=64, num_train=60_000, **arrow), dataset=dataset)
-
-    def model_config(self, config: Dict):
-        """The :class:`~pyro_scenes.genesis.GENESISConfig` of ``config``."""
-        return preset(config["preset"], num_components=config["num_components"], sigma=config["sigma"])
-
-    def build(self, config: Dict, device: torch.device):
-        from guides import GENESISGuide
-        from pyro_scenes import GENESIS
-
-        model = GENESIS(self.model_config(config)).to(device)
-        return model, GENESISGuide(model).to(device)
+    model_class, config_module, preset_settings = "GENESIS", "pyro_scenes.genesis.config", ("num_components", "sigma")
+    default_lr, arrow_defaults = 1e-3, ARROW
 
     def make_optimizer(self, params, config: Dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(params, lr=config["lr"])  # the official GENESIS's optimiser

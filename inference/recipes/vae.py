@@ -3,13 +3,10 @@ negative beta-ELBO of :class:`~inference.recipes.baseline.BaselineRecipe` with b
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
-
-import torch
 
 from inference.recipes.baseline import BaselineRecipe, BaselineSettings
-from inference.recipes.settings import defaults, setting
-from pyro_scenes.vae import PRESETS, preset
+from inference.recipes.settings import setting
+from pyro_scenes.vae import PRESETS
 
 
 @dataclass(kw_only=True)
@@ -26,17 +23,4 @@ class VAERecipe(BaselineRecipe):
 
     name = "vae"
     settings = VAESettings
-
-    def default_config(self, dataset: str) -> Dict:
-        arrow = dict(preset="arrow-cpu") if dataset == "arrow" else {}
-        return dict(defaults(VAESettings, lr=1e-4, image_size=64, num_train=60_000, **arrow), dataset=dataset)
-
-    def model_config(self, config: Dict):
-        return preset(config["preset"], z_dim=config["z_dim"])
-
-    def build(self, config: Dict, device: torch.device):
-        from guides import VAEGuide
-        from pyro_scenes import VAE
-
-        model = VAE(self.model_config(config)).to(device)
-        return model, VAEGuide(model).to(device)
+    model_class, config_module, preset_settings = "VAE", "pyro_scenes.vae", ("z_dim",)

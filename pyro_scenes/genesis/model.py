@@ -5,7 +5,6 @@ import contextlib
 from typing import Optional
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
@@ -15,6 +14,7 @@ from pyro_scenes.gnm.handlers import ModeSites
 from pyro_scenes.gnm.networks import GaussianHead
 from pyro_scenes.images import check_call
 from pyro_scenes.space.distributions import PixelMixture
+from pyro_scenes.space.model import sample_components
 from pyro_scenes.space.networks import AutoregressiveGaussian, stick_breaking
 
 
@@ -102,15 +102,7 @@ class GENESIS(nn.Module):
             if mode:
                 stack.enter_context(ModeSites(self.latent_sites()))
             with pyro.plate("batch", B, dim=-1):
-                state = self.mask_prior.init_state((B,))
-                z_mask, z_comp = [], []
-                for k in range(1, cfg.num_components + 1):
-                    loc, scale, (h, c) = self.mask_prior(state)
-                    zm = pyro.sample(f"z_mask_{k}", dist.Normal(loc, scale).to_event(1))
-                    loc, scale = self.comp_prior(zm)
-                    z_comp.append(pyro.sample(f"z_comp_{k}", dist.Normal(loc, scale).to_event(1)))
-                    z_mask.append(zm)
-                    state = (zm, h, c)
+                z_mask, z_comp = sample_components(self.mask_prior, self.comp_prior, cfg.num_components, (B,))
                 z_mask = torch.stack(torch.broadcast_tensors(*z_mask), -2)
                 z_comp = torch.stack(torch.broadcast_tensors(*z_comp), -2)
                 weights, means = self.render(z_mask, z_comp)

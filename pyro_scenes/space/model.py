@@ -21,6 +21,23 @@ from pyro_scenes.space.distributions import PixelMixture
 from pyro_scenes.space.networks import AutoregressiveGaussian, BackgroundDecoders, ComponentPrior, stick_breaking
 
 
+def sample_components(mask_prior, comp_prior, num_components: int, batch_shape):
+    """The sites ``z_mask_k ~ p(z^m_k | z^m_<k)`` (``mask_prior``, an
+    :class:`~pyro_scenes.space.networks.AutoregressiveGaussian`) and ``z_comp_k ~ p(z^c_k | z^m_k)``
+    (``comp_prior``) for k = 1..K, in that order (GENESIS's prior; SPACE's background). Returns the
+    lists of their values."""
+    state = mask_prior.init_state(batch_shape)
+    z_mask, z_comp = [], []
+    for k in range(1, num_components + 1):
+        loc, scale, (h, c) = mask_prior(state)
+        zm = pyro.sample(f"z_mask_{k}", dist.Normal(loc, scale).to_event(1))
+        loc, scale = comp_prior(zm)
+        z_comp.append(pyro.sample(f"z_comp_{k}", dist.Normal(loc, scale).to_event(1)))
+        z_mask.append(zm)
+        state = (zm, h, c)
+    return z_mask, z_comp
+
+
 class SPACE(nn.Module):
     r"""SPACE: a grid of objects with fixed priors over a K-component background.
 
@@ -117,15 +134,7 @@ class SPACE(nn.Module):
                         z_where = pyro.sample("z_where", dist.Normal(self.where_loc, self.where_scale).expand([B, G2, 4]).to_event(1))
                         z_depth = pyro.sample("z_depth", dist.Normal(0.0, 1.0).expand([B, G2, cfg.fg.z_depth_dim]).to_event(1))
                         z_what = pyro.sample("z_what", dist.Normal(0.0, 1.0).expand([B, G2, cfg.fg.z_what_dim]).to_event(1))
-                state = self.mask_prior.init_state((B, 1))
-                z_mask, z_comp = [], []
-                for k in range(1, cfg.num_components + 1):
-                    loc, scale, (h, c) = self.mask_prior(state)
-                    zm = pyro.sample(f"z_mask_{k}", dist.Normal(loc, scale).to_event(1))
-                    loc, scale = self.comp_prior(zm)
-                    z_comp.append(pyro.sample(f"z_comp_{k}", dist.Normal(loc, scale).to_event(1)))
-                    z_mask.append(zm)
-                    state = (zm, h, c)
+                z_mask, z_comp = sample_components(self.mask_prior, self.comp_prior, cfg.num_components, (B, 1))
                 options = render_options(RenderOptions(), name="render")
                 weights, means = self.render(z_pres, z_where, z_depth, z_what, torch.cat(z_mask, -2), torch.cat(z_comp, -2), options)
                 scales = torch.tensor([cfg.fg_sigma] + [cfg.bg_sigma] * cfg.num_components, device=means.device)
