@@ -25,6 +25,7 @@ LAYERS = [
     ("inference.figures.__main__", 6),
     ("inference.likelihood.__main__", 6),
     ("inference.graphs", 6),
+    ("inference.compare", 7),  # drives the trainer and the evaluation of several runs
 ]
 
 
