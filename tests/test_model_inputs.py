@@ -6,8 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from guides import ECONGuide, GNMGuide
-from pyro_scenes import ECON, GNM
+from guides import ConvDRAWGuide, ECONGuide, GENESISGuide, GNMGuide, SPACEGuide, VAEGuide
+from pyro_scenes import ECON, GENESIS, GNM, SPACE, VAE, ConvDRAW
+
+#: the models that take images of (1, 32, 32) at their "tiny" preset, with their guides
+TINY = {"SPACE": (SPACE, SPACEGuide), "VAE": (VAE, VAEGuide), "ConvDRAW": (ConvDRAW, ConvDRAWGuide),
+        "GENESIS": (GENESIS, GENESISGuide)}
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +23,9 @@ def programs():
     gnm_shape = (gnm.cfg.channels, gnm.cfg.image_size, gnm.cfg.image_size)
     return {"GNM": (gnm, gnm_shape), "GNMGuide": (GNMGuide(gnm), gnm_shape),
             "GNMGuide.infer": (GNMGuide(gnm).infer, gnm_shape),
-            "ECON": (econ, (3, 16, 16)), "ECONGuide": (guide, (3, 16, 16))}
+            "ECON": (econ, (3, 16, 16)), "ECONGuide": (guide, (3, 16, 16))} | {
+        name: program for model_name, (Model, Guide) in TINY.items() for model in [Model.preset("tiny")]
+        for name, program in ((model_name, (model, (1, 32, 32))), (f"{model_name}Guide", (Guide(model), (1, 32, 32))))}
 
 
 def bad_images(shape):
@@ -39,7 +45,8 @@ def bad_images(shape):
     ]
 
 
-@pytest.mark.parametrize("name", ["GNM", "GNMGuide", "GNMGuide.infer", "ECON", "ECONGuide"])
+@pytest.mark.parametrize("name", ["GNM", "GNMGuide", "GNMGuide.infer", "ECON", "ECONGuide",
+                                  *[n for m in TINY for n in (m, f"{m}Guide")]])
 def test_bad_images_are_refused_with_the_reason(programs, name):
     program, shape = programs[name]
     for case, x, message in bad_images(shape):
@@ -48,7 +55,7 @@ def test_bad_images_are_refused_with_the_reason(programs, name):
         assert str(err.value).startswith(name[:3]) and message.format(*shape) in str(err.value), (case, str(err.value))
 
 
-@pytest.mark.parametrize("name", ["GNM", "ECON"])
+@pytest.mark.parametrize("name", ["GNM", "ECON", *TINY])
 @pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "2"])
 def test_bad_batch_sizes_are_refused(programs, name, batch_size):
     model, _ = programs[name]
@@ -56,7 +63,7 @@ def test_bad_batch_sizes_are_refused(programs, name, batch_size):
         model(batch_size=batch_size)
 
 
-@pytest.mark.parametrize("name", ["GNM", "ECON"])
+@pytest.mark.parametrize("name", ["GNM", "ECON", *TINY])
 def test_good_input_still_runs(programs, name):
     model, shape = programs[name]
     assert model(batch_size=torch.tensor(2)).shape[-4:] == (2, *shape)  # an integer tensor is an integer
