@@ -217,3 +217,20 @@ def test_cli_trains_evaluates_and_draws(tmp_path, name):
     assert res.returncode == 0, res.stderr + res.stdout
     report = json.loads(next(out.glob("**/metrics_test.json")).read_text())
     assert {"ll", "d-steps"} <= set(report["results"]) and report["results"]["ll"] < 0
+
+
+def test_the_kl_warm_up_ramps_beta_from_zero():
+    recipe = get_recipe("vae")
+    cfg = config("vae", beta=10.0, beta_warmup=100)
+    model, guide = recipe.build(cfg, torch.device("cpu"))
+    x = torch.rand(3, 1, 32, 32)
+    for step, beta in ((0, 0.0), (50, 5.0), (100, 10.0), (1000, 10.0)):
+        torch.manual_seed(5)
+        loss, logs = recipe.loss(model, guide, x, step, cfg)
+        torch.manual_seed(5)
+        z = poutine.trace(guide).get_trace(x).nodes["z"]["value"]
+        with torch.no_grad():
+            want = vae_loss_by_hand(model, guide, x, z, beta)
+        assert logs["beta"] == pytest.approx(beta) and torch.allclose(loss, want, rtol=1e-5), step
+    with pytest.raises(ValueError, match="beta_warmup"):
+        recipe.validate_config(config("vae", beta_warmup=-1))

@@ -36,6 +36,9 @@ class BaselineSettings(RecipeSettings):
 
     #: KL weight of the beta-ELBO (1: the ELBO)
     beta: float = setting(1.0, gt=0)
+    #: KL warm-up: beta rises linearly from 0 to ``beta`` over the first ``beta_warmup`` steps (0:
+    #: none, the supplement's recipe; docs/baselines.md, "KL warm-up")
+    beta_warmup: int = setting(0, ge=0)
     num_val: int = setting(6_000, ge=1)
     cache_dir: Optional[str] = setting(factory=lambda: str(default_cache_dir()))  # "" or null: no cache
     grad_clip: float = setting(1.0, gt=0)
@@ -102,20 +105,33 @@ class BaselineRecipe(Recipe):
 
     # ------------------------------------------------------------------ loss
     def loss(self, model, guide, images, step, config):
-        """The negative beta-ELBO per image and its parts: ``nll`` (-E_q log p(x | z)) and ``kl``
-        (the unweighted sum of the latents' KLs), batch means in nats."""
+        """The negative beta-ELBO per image and its parts: ``nll`` (-E_q log p(x | z)), ``kl`` (the
+        unweighted sum of the latents' KLs), batch means in nats, and ``beta`` at ``step``."""
         from pyro import poutine
         from pyro.infer import TraceMeanField_ELBO
+        from pyro.poutine.util import site_is_subsample
+        from torch.distributions import kl_divergence
 
         from inference.handlers.scale import ScaleSites
 
-        beta = ScaleSites({self.latent_sites: config["beta"]})
+        weight = self.beta(config)(step)
+        beta = ScaleSites({self.latent_sites: weight})
         m, g = poutine.trace(beta(model)), poutine.trace(beta(guide))
         B = images.shape[0]
         loss = TraceMeanField_ELBO(max_plate_nesting=1).differentiable_loss(m, g, images) / B
         with torch.no_grad():
             nll = -float(m.trace.nodes["x"]["fn"].log_prob(m.trace.nodes["x"]["value"]).sum()) / B
-        return loss, {"beta": float(config["beta"]), "nll": nll, "kl": (float(loss.detach()) - nll) / float(config["beta"])}
+            kl = sum(float(kl_divergence(site["fn"], m.trace.nodes[name]["fn"]).sum()) for name, site in g.trace.nodes.items()
+                     if site["type"] == "sample" and not site_is_subsample(site)) / B
+        return loss, {"beta": weight, "nll": nll, "kl": kl}
+
+    @staticmethod
+    def beta(config: Dict):
+        """beta as a schedule ``step -> weight``: ``beta`` throughout, or a linear warm-up from 0
+        over ``beta_warmup`` steps."""
+        from inference.schedules import Linear
+
+        return Linear(0.0, config["beta"], 0, config["beta_warmup"]) if config["beta_warmup"] else (lambda step: config["beta"])
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model, guide, dataset, config, metrics, options) -> Dict:
