@@ -25,13 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"vae": (VAE, VAEGuide), "convdraw": (ConvDRAW, ConvDRAWGuide)}
 
 
-@pytest.fixture(autouse=True)
-def _clean():
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("clean_pyro")
 
 
 def tiny(name, **overrides):

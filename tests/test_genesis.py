@@ -27,13 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LATENTS = ["z_mask_1", "z_comp_1", "z_mask_2", "z_comp_2", "z_mask_3", "z_comp_3"]
 
 
-@pytest.fixture(autouse=True)
-def _clean():
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    with pyro.validation_enabled(True):
-        yield
-    pyro.clear_param_store()
+pytestmark = pytest.mark.usefixtures("clean_pyro")
 
 
 def tiny():
