@@ -500,12 +500,18 @@ def calibrate(entry: Entry, out: Path, device: str, status: Status, warmup: int 
             "measured": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
-def read_plan(out: Path) -> Dict[str, Any]:
+def read_json_object(path: Path) -> Dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` when the file is missing, unreadable or not an object
+    (the plan is then made again, the model evaluated again)."""
     try:
-        plan = json.loads((out / PLAN).read_text())
+        found = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    return plan if isinstance(plan, dict) else {}
+    return found if isinstance(found, dict) else {}
+
+
+def read_plan(out: Path) -> Dict[str, Any]:
+    return read_json_object(out / PLAN)
 
 
 def write_plan(out: Path, plan: Dict[str, Any]) -> None:
@@ -606,12 +612,9 @@ def evaluate_entry(entry: Entry, checkpoint: Path, step: int, num_samples: int, 
 
     path = entry.run_dir / EVAL_JSON
     request = evaluation_request(entry, step, num_samples, particles, metric_options)
-    try:
-        old = json.loads(path.read_text())
-        if old.get("request") == request and old.get("step") == step:
-            return old, True
-    except (OSError, ValueError, AttributeError):
-        pass
+    old = read_json_object(path)
+    if old.get("request") == request and old.get("step") == step:
+        return old, True
     report = evaluate(checkpoint, metrics=entry.metrics, num_samples=num_samples, split="test", out=path, device=device,
                       batch_size=batch_size, particles=particles, plots=True, progress=False,
                       metric_options=metric_options)
